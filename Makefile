@@ -1,0 +1,38 @@
+# Two commands set up a fresh machine and do the work (see README):
+#   make run    - build training samples from the embedded synthetic bag and report them
+#   make test   - the whole test suite (real-data fixtures from ../shared/fixtures)
+# Both create or reuse the virtual environment in $(VENV).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# CPU torch from the machine's local wheel; on a GPU machine the same pin pulls the CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: venv run test lint bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check "$(TORCH)"
+	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/lidar-ssl samples $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lidar_ssl_core tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_superpixels.py
+	$(PY) benchmarks/bench_dataset.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Rigid transforms, the transform buffer, calibration and LiDAR-to-camera projection."""
