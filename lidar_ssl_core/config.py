@@ -109,15 +109,15 @@ class VoxelConfig(_Section):
 class AugmentConfig(_Section):
     """Point and image augmentations of SLidR (methods.md §1.3 and A.1)."""
 
-    enabled: bool = True
-    rotate_z: bool = True
-    flip_xy: bool = True
-    drop_cuboid: bool = True
+    enabled: bool = Field(True, description="false = validation transform (plain resize) only")
+    rotate_z: bool = Field(True, description="random rotation about z, U[0, 2pi)")
+    flip_xy: bool = Field(True, description="flip x and y, each with p = 0.5")
+    drop_cuboid: bool = Field(True, description="drop the points of one random cuboid")
     cuboid_max_fraction: float = Field(0.2, ge=0, le=1, description="max cuboid side / coordinate range")
     crop_size: tuple[int, int] = Field((416, 224), description="output image (width, height)")
     crop_scale: tuple[float, float] = Field((0.3, 1.0), description="crop area fraction range")
     crop_ratio: tuple[float, float] = Field((14 / 9, 17 / 9), description="crop aspect (w/h) range")
-    hflip_prob: float = Field(0.5, ge=0, le=1)
+    hflip_prob: float = Field(0.5, ge=0, le=1, description="horizontal flip probability per image")
     min_pairs: int = Field(1024, ge=0, description="an augmentation keeping fewer pairs is redrawn")
     min_pair_fraction: float = Field(0.75, ge=0, le=1, description="...unless it keeps this fraction")
     max_redraws: int = Field(10, ge=1, description="redraws before the augmentation is skipped")
@@ -134,13 +134,10 @@ class AugmentConfig(_Section):
 
 
 class LoaderConfig(_Section):
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="samples per batch")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
     image_scale: float = Field(
         1.0, gt=0, le=1, description="decode images at this scale (JPEG reduced decoding when possible)"
-    )
-    keyframes_only: bool = Field(
-        False, description="use only sweeps marked as keyframes (nuScenes bags carry a keyframe flag)"
     )
 
 
@@ -193,4 +190,4 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
 
 def dump_config(config: BaseModel) -> str:
     """YAML text of a resolved config (written into every run folder)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return str(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

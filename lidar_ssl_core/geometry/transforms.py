@@ -81,9 +81,10 @@ def slerp_xyzw(q0: npt.ArrayLike, q1: npt.ArrayLike, alpha: float) -> npt.NDArra
         b, dot = -b, -dot
     if dot > 0.9995:
         out = a + alpha * (b - a)
-        return out / np.linalg.norm(out)
+        return np.asarray(out / np.linalg.norm(out), dtype=np.float64)
     theta = np.arccos(np.clip(dot, -1.0, 1.0))
-    return (np.sin((1 - alpha) * theta) * a + np.sin(alpha * theta) * b) / np.sin(theta)
+    out = (np.sin((1 - alpha) * theta) * a + np.sin(alpha * theta) * b) / np.sin(theta)
+    return np.asarray(out, dtype=np.float64)
 
 
 def interpolate(T0: Matrix4, T1: Matrix4, alpha: float) -> Matrix4:

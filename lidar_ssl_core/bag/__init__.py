@@ -1,0 +1,19 @@
+"""rosbag2 reading and writing (rosbags-based, no ROS install needed)."""
+
+from __future__ import annotations
+
+from lidar_ssl_core.bag.reader import BagMessage, BagReader, ReadStats, open_bag
+from lidar_ssl_core.bag.typestore import default_read_typestore, normalize_msgtype, typestore_for
+from lidar_ssl_core.bag.writer import BagWriter, make_qos
+
+__all__ = [
+    "BagMessage",
+    "BagReader",
+    "BagWriter",
+    "ReadStats",
+    "default_read_typestore",
+    "make_qos",
+    "normalize_msgtype",
+    "open_bag",
+    "typestore_for",
+]

@@ -1,0 +1,214 @@
+"""Atomic rosbag2 writer (mcap or sqlite3) for Humble, Jazzy or Kilted.
+
+The bag is written into a hidden sibling folder ``.<name>.partial/<name>`` and moved to ``path`` only
+when the ``with`` block ends cleanly, so a crash, an exception or Ctrl-C never leaves something at
+``path`` that looks like a complete bag. With ``overwrite=True`` an existing bag is replaced only after
+the new one is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from rosbags.interfaces import Connection, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability
+from rosbags.interfaces import QosTime as _QosTime
+from rosbags.rosbag2 import Writer, WriterError
+from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
+from rosbags.typesys.store import Typestore
+
+from lidar_ssl_core.bag.typestore import METADATA_VERSION, normalize_msgtype, typestore_for
+from lidar_ssl_core.errors import BagWriteError
+
+log = logging.getLogger(__name__)
+
+_ZERO = _QosTime(sec=0, nsec=0)
+
+
+def make_qos(*, latched: bool) -> Qos:
+    """Offered QoS recorded for a topic: reliable; latched topics transient-local with depth 1."""
+    return Qos(
+        history=QosHistory.KEEP_LAST,
+        depth=1 if latched else 10,
+        reliability=QosReliability.RELIABLE,
+        durability=QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,
+        deadline=_ZERO,
+        lifespan=_ZERO,
+        liveliness=QosLiveliness.AUTOMATIC,
+        liveliness_lease_duration=_ZERO,
+        avoid_ros_namespace_conventions=False,
+    )
+
+
+class BagWriter:
+    """Context manager writing one rosbag2 directory.
+
+    ``compress`` applies to mcap (zstd-compressed chunks, read natively by every mcap reader); sqlite3
+    bags are written uncompressed (the most widely readable form).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        distro: Literal["humble", "jazzy", "kilted"] = "jazzy",
+        storage: Literal["mcap", "sqlite3"] = "mcap",
+        compress: bool = True,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if distro not in METADATA_VERSION:
+            raise BagWriteError(f"unknown distro '{distro}' for {self.path}; use humble, jazzy or kilted")
+        if storage not in ("mcap", "sqlite3"):
+            raise BagWriteError(f"unknown storage '{storage}' for {self.path}; use mcap or sqlite3")
+        if self.path.exists() and not overwrite:
+            raise BagWriteError(f"{self.path} exists already; pass overwrite=True to replace it")
+        if self.path.name in ("", ".", ".."):
+            raise BagWriteError(f"bag path '{path}' has no name")
+        self.distro = distro
+        self.storage = storage
+        self.compress = compress and storage == "mcap"
+        self.overwrite = overwrite
+        self.typestore: Typestore = typestore_for(distro)
+        self.version = METADATA_VERSION[distro]
+        self._staging = self.path.parent / f".{self.path.name}.partial"
+        self._writer: Writer | None = None
+        self._connections: dict[str, Connection] = {}
+        self._counts: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def open(self) -> BagWriter:
+        if self._writer is not None:
+            raise BagWriteError(f"bag writer for {self.path} is already open")
+        if self.path.exists() and not self.overwrite:
+            raise BagWriteError(f"{self.path} exists already; pass overwrite=True to replace it")
+        try:
+            if self._staging.exists():
+                log.warning("removing leftover partial bag %s", self._staging)
+                shutil.rmtree(self._staging)
+            self._staging.mkdir(parents=True)
+            plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
+            writer = Writer(self._staging / self.path.name, version=self.version, storage_plugin=plugin)
+            if self.compress:
+                writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+            writer.open()
+        except (OSError, WriterError) as err:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            raise BagWriteError(f"cannot create bag {self.path}: {err}") from err
+        self._writer = writer
+        return self
+
+    def __enter__(self) -> BagWriter:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def close(self) -> Path:
+        """Finish the bag and move it into place; returns ``path``."""
+        writer = self._require_open()
+        self._writer = None
+        built = self._staging / self.path.name
+        try:
+            writer.close()
+            if self.path.exists():  # overwrite=True: swap only now that the new bag is complete
+                old = self.path.parent / f".{self.path.name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                self.path.rename(old)
+                built.rename(self.path)
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            else:
+                built.rename(self.path)
+        except (OSError, WriterError) as err:
+            raise BagWriteError(f"could not finish bag {self.path}: {err}") from err
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
+        log.info("wrote %s (%d messages)", self.path, sum(self._counts.values()))
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far; nothing appears at ``path``."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.abort()
+            except Exception as err:  # the partial output is deleted anyway
+                log.debug("abort of %s: %s", self.path, err)
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    # --------------------------------------------------------------------------------------- writing
+    def msg_class(self, msgtype: str) -> Any:
+        """Message class of this writer's typestore, e.g. ``msg_class('sensor_msgs/msg/Image')``."""
+        name = normalize_msgtype(msgtype)
+        try:
+            return self.typestore.types[name]
+        except KeyError:
+            raise BagWriteError(f"message type '{msgtype}' is not in the {self.distro} typestore") from None
+
+    def add_topic(self, topic: str, msgtype: str, *, latched: bool = False) -> None:
+        """Declare a topic; ``latched`` records transient-local QoS so ``ros2 bag play`` latches it."""
+        writer = self._require_open()
+        name = normalize_msgtype(msgtype)
+        if topic in self._connections:
+            if self._connections[topic].msgtype != name:
+                raise BagWriteError(
+                    f"topic {topic} already added as {self._connections[topic].msgtype}, not {name}"
+                )
+            return
+        self.msg_class(name)
+        try:
+            conn = writer.add_connection(
+                topic, name, typestore=self.typestore, offered_qos_profiles=[make_qos(latched=latched)]
+            )
+        except WriterError as err:
+            raise BagWriteError(f"cannot add topic {topic} ({name}) to {self.path}: {err}") from err
+        self._connections[topic] = conn
+        self._counts[topic] = 0
+
+    def write(self, topic: str, stamp_ns: int, msg: Any) -> None:
+        """Serialize ``msg`` (a message of ``self.typestore``) with log time ``stamp_ns``."""
+        conn = self._connection(topic)
+        try:
+            raw = self.typestore.serialize_cdr(msg, conn.msgtype)
+        except Exception as err:  # rosbags raises several types for a message that does not fit its type
+            raise BagWriteError(
+                f"cannot serialize message for {topic} ({conn.msgtype}) at t={stamp_ns}: {err}"
+            ) from err
+        self.write_raw(topic, stamp_ns, raw)
+
+    def write_raw(self, topic: str, stamp_ns: int, data: bytes | memoryview) -> None:
+        """Write already CDR-serialized bytes (copying messages between bags without decoding them)."""
+        writer = self._require_open()
+        conn = self._connection(topic)
+        if stamp_ns < 0:
+            raise BagWriteError(f"negative log time {stamp_ns} for {topic}")
+        writer.write(conn, int(stamp_ns), data)
+        self._counts[topic] += 1
+
+    @property
+    def message_counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def _connection(self, topic: str) -> Connection:
+        try:
+            return self._connections[topic]
+        except KeyError:
+            raise BagWriteError(
+                f"topic {topic} was not added; call add_topic(topic, msgtype) first"
+            ) from None
+
+    def _require_open(self) -> Writer:
+        if self._writer is None:
+            raise BagWriteError(f"bag writer for {self.path} is not open (use it as a context manager)")
+        return self._writer
