@@ -119,6 +119,4 @@ class PointPixelPairs:
 
     @staticmethod
     def empty() -> PointPixelPairs:
-        return PointPixelPairs(
-            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
-        )
+        return PointPixelPairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2), np.int64))

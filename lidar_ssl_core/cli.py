@@ -1,0 +1,238 @@
+"""The ``lidar-ssl`` command line. Heavy imports happen inside each command so ``--help`` stays fast.
+
+Only this module prints, shows progress bars and turns errors into exit codes; the library logs and
+raises ``LidarSslError`` subclasses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lidar_ssl_core import __version__
+from lidar_ssl_core.errors import LidarSslError
+
+app = typer.Typer(
+    name="lidar-ssl",
+    help="Image-to-LiDAR self-supervised pretraining from ROS 2 bags.\n\n"
+    "Examples:\n\n"
+    "  lidar-ssl samples                      # samples from the embedded synthetic bag\n\n"
+    "  lidar-ssl info rosbags/synthetic_sample\n\n"
+    "  lidar-ssl synth --out /tmp/world --frames 50 --seed 3",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config (see docs/config.md)")
+]
+BagsOption = Annotated[
+    Optional[list[Path]],  # noqa: UP045
+    typer.Option("--bags", "-b", help="bags to read (default: config data.bags, else the embedded sample)"),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lidar-ssl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+def _fail(err: LidarSslError) -> typer.Exit:
+    console.print(f"[bold red]ERROR[/]: {err}")
+    return typer.Exit(1)
+
+
+def _load(config: Path | None, bags: list[Path] | None, overrides: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+    from lidar_ssl_core.config import load_config
+
+    values = dict(overrides or {})
+    if bags:
+        values["data.bags"] = [str(b) for b in bags]
+    return load_config(config, values)
+
+
+@app.command()
+def info(
+    bags: Annotated[list[Path], typer.Argument(help="bag directories or .mcap/.db3 files")],
+    config: ConfigOption = None,
+) -> None:
+    """Topics of a bag, its calibration and what synchronisation makes of it."""
+    from lidar_ssl_core.bag.reader import BagReader
+    from lidar_ssl_core.data.bag_index import index_bag
+
+    try:
+        cfg = _load(config, bags)
+        for bag in bags:
+            with BagReader(bag) as reader:
+                table = Table(title=str(bag))
+                table.add_column("topic")
+                table.add_column("type")
+                table.add_column("messages", justify="right")
+                for topic, msgtype in reader.topics.items():
+                    table.add_row(topic, msgtype, str(reader.message_count(topic)))
+                Console().print(table)
+                for line in reader.damaged:
+                    console.print(f"[yellow]damaged[/]: {line}")
+            index = index_bag(bag, cfg.data)
+            for line in index.report.lines():
+                Console().print(f"  {line}")
+    except LidarSslError as err:
+        raise _fail(err) from err
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="bag to write (must not exist)")],
+    preset: Annotated[str, typer.Option(help="sample | nuscenes_like")] = "sample",
+    frames: Annotated[Optional[int], typer.Option(help="number of LiDAR sweeps")] = None,  # noqa: UP045
+    seed: Annotated[int, typer.Option(help="world and sensor noise seed")] = 0,
+    distro: Annotated[str, typer.Option(help="humble | jazzy | kilted")] = "jazzy",
+    storage: Annotated[str, typer.Option(help="mcap | sqlite3")] = "mcap",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
+) -> None:
+    """Generate a synthetic driving world and write it as a bag in the project profile."""
+    from lidar_ssl_core.synth import preset as synth_preset
+    from lidar_ssl_core.synth.bagfile import write_synthetic_bag
+
+    try:
+        overrides: dict[str, object] = {"seed": seed}
+        if frames is not None:
+            overrides["n_frames"] = frames
+        cfg = synth_preset(preset, **overrides)
+        start = time.perf_counter()
+        path = write_synthetic_bag(out, cfg, distro=distro, storage=storage, overwrite=overwrite)
+        size = (
+            sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            if path.is_dir()
+            else path.stat().st_size
+        )
+        elapsed = time.perf_counter() - start
+        console.print(f"wrote {path} ({cfg.n_frames} sweeps, {size / 1e6:.1f} MB) in {elapsed:.1f} s")
+    except LidarSslError as err:
+        raise _fail(err) from err
+
+
+@app.command()
+def samples(
+    bags: BagsOption = None,
+    config: ConfigOption = None,
+    count: Annotated[int, typer.Option("--count", "-n", help="samples to build (0 = all)")] = 0,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: config)")] = None,  # noqa: UP045
+    out: Annotated[
+        Path | None, typer.Option(help="folder for a preview image and the resolved config")
+    ] = None,
+    eval_mode: Annotated[
+        bool, typer.Option("--eval", help="validation transform instead of augmentations")
+    ] = False,
+) -> None:
+    """Build paired point / pixel / superpixel training samples and report them (the data path's job)."""
+    from tqdm import tqdm
+
+    from lidar_ssl_core.config import dump_config
+    from lidar_ssl_core.data.dataset import PairedBagDataset, make_loader
+    from lidar_ssl_core.superpixels import Superpixelizer
+
+    try:
+        overrides: dict[str, object] = {}
+        if workers is not None:
+            overrides["data.loader.num_workers"] = workers
+        cfg = _load(config, bags, overrides)
+        dataset = PairedBagDataset(
+            cfg.data, train=not eval_mode, seed=cfg.seed, superpixels=Superpixelizer(cfg.data.superpixels)
+        )
+        for index in dataset.indexes:
+            console.print(f"[bold]{index.path}[/]: " + "; ".join(index.report.lines()))
+        loader = make_loader(dataset, shuffle=False)
+        n_batches = len(loader) if count <= 0 else -(-count // cfg.data.loader.batch_size)
+        stats = _SampleStats()
+        start = time.perf_counter()
+        first_batch = None
+        for i, batch in enumerate(tqdm(loader, total=n_batches, desc="samples", unit="batch")):
+            if i >= n_batches:
+                break
+            stats.add(batch)
+            first_batch = first_batch if first_batch is not None else batch
+        elapsed = time.perf_counter() - start
+        stats.print(elapsed)
+        if out is not None and first_batch is not None:
+            from lidar_ssl_core.visualize import save_pairs_preview
+
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(dump_config(cfg))
+            preview = save_pairs_preview(first_batch, out / "pairs_preview.png")
+            console.print(f"preview: {preview}")
+    except LidarSslError as err:
+        raise _fail(err) from err
+
+
+class _SampleStats:
+    def __init__(self) -> None:
+        self.samples = self.points = self.voxels = self.pairs = self.images = self.superpixels = 0
+
+    def add(self, batch: dict[str, object]) -> None:
+        import torch
+
+        coords = batch["coords"]
+        assert isinstance(coords, torch.Tensor)
+        self.samples += int(coords[:, 0].max()) + 1 if len(coords) else 0
+        self.points += len(batch["points"])  # type: ignore[arg-type]
+        self.voxels += len(coords)
+        self.pairs += len(batch["pairing_points"])  # type: ignore[arg-type]
+        self.images += len(batch["images"])  # type: ignore[arg-type]
+        sp = batch.get("superpixels")
+        if isinstance(sp, torch.Tensor) and sp.numel():
+            self.superpixels += len(torch.unique(sp))
+
+    def print(self, elapsed: float) -> None:
+        n = max(self.samples, 1)
+        table = Table(title="training samples")
+        table.add_column("per sample")
+        table.add_column("mean", justify="right")
+        table.add_row("points", f"{self.points / n:.0f}")
+        table.add_row("voxels", f"{self.voxels / n:.0f}")
+        table.add_row("images", f"{self.images / n:.1f}")
+        table.add_row("point-pixel pairs", f"{self.pairs / n:.0f}")
+        table.add_row("superpixels", f"{self.superpixels / n:.0f}")
+        Console().print(table)
+        Console().print(
+            f"{self.samples} samples in {elapsed:.1f} s = {self.samples / max(elapsed, 1e-9):.2f} samples/s"
+        )
+
+
+@app.command("config")
+def config_cmd(
+    config: ConfigOption = None,
+    markdown: Annotated[bool, typer.Option(help="print the reference of every key (docs/config.md)")] = False,
+) -> None:
+    """Print the resolved configuration (defaults overlaid by --config) as YAML."""
+    from lidar_ssl_core.config import dump_config
+    from lidar_ssl_core.config_docs import config_reference_markdown
+
+    try:
+        typer.echo(config_reference_markdown() if markdown else dump_config(_load(config, None)), nl=False)
+    except LidarSslError as err:
+        raise _fail(err) from err

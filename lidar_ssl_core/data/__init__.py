@@ -1,0 +1,1 @@
+"""Bags -> synchronised frames -> paired point / pixel / superpixel training samples."""
