@@ -17,6 +17,7 @@ from rich.table import Table
 
 from lidar_ssl_core import __version__
 from lidar_ssl_core.errors import LidarSslError
+from lidar_ssl_core.synth.bagfile import Distro, Storage
 
 app = typer.Typer(
     name="lidar-ssl",
@@ -30,9 +31,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config (see docs/config.md)")
-]
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see docs/config.md)")]
 BagsOption = Annotated[
     Optional[list[Path]],  # noqa: UP045
     typer.Option("--bags", "-b", help="bags to read (default: config data.bags, else the embedded sample)"),
@@ -110,8 +109,10 @@ def synth(
     preset: Annotated[str, typer.Option(help="sample | nuscenes_like")] = "sample",
     frames: Annotated[Optional[int], typer.Option(help="number of LiDAR sweeps")] = None,  # noqa: UP045
     seed: Annotated[int, typer.Option(help="world and sensor noise seed")] = 0,
-    distro: Annotated[str, typer.Option(help="humble | jazzy | kilted")] = "jazzy",
-    storage: Annotated[str, typer.Option(help="mcap | sqlite3")] = "mcap",
+    distro: Annotated[
+        Distro, typer.Option(help="bag metadata readable by this ROS 2 distribution")
+    ] = "jazzy",
+    storage: Annotated[Storage, typer.Option(help="storage plugin")] = "mcap",
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
 ) -> None:
     """Generate a synthetic driving world and write it as a bag in the project profile."""

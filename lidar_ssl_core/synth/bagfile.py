@@ -9,6 +9,7 @@ messages are written in stamp order, as a recorder would.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from lidar_ssl_core.synth.simulate import SynthFrame, simulate
 from lidar_ssl_core.synth.world import generate_world
 from lidar_ssl_core.types import StampedTransform
 
+Distro = Literal["humble", "jazzy", "kilted"]
+Storage = Literal["mcap", "sqlite3"]
+
 _POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 _COMPRESSED = "sensor_msgs/msg/CompressedImage"
 _CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
@@ -34,8 +38,8 @@ def write_synthetic_bag(
     path: Path,
     config: SynthConfig,
     *,
-    distro: str = "jazzy",
-    storage: str = "mcap",
+    distro: Distro = "jazzy",
+    storage: Storage = "mcap",
     overwrite: bool = False,
     profile: ProfileConfig | None = None,
 ) -> Path:
@@ -71,7 +75,7 @@ def _frame_messages(
 ) -> list[tuple[int, str, object]]:
     """Every message of one frame as (stamp, topic, message)."""
     sweep = frame.lidar
-    columns = {
+    columns: dict[str, np.ndarray] = {
         "x": sweep.xyz[:, 0],
         "y": sweep.xyz[:, 1],
         "z": sweep.xyz[:, 2],

@@ -71,9 +71,7 @@ class Surface:
     size: F64  # (K, 3) size of the primitive hit (zeros for the ground)
 
 
-def _pairs(
-    origin: F64, axis: F64, cos_half: F64, tiling: Tiling, prims: Primitives
-) -> tuple[I64, I64]:
+def _pairs(origin: F64, axis: F64, cos_half: F64, tiling: Tiling, prims: Primitives) -> tuple[I64, I64]:
     """(sorted-ray index, primitive index) of every ray whose tile cone meets the primitive's sphere."""
     c, r = prims.bounding_spheres()
     v = c - origin
@@ -102,7 +100,9 @@ def _intersect(kind: Kind, o: F64, d: F64, prims: Primitives, m: I64) -> F64:
         if kind == Kind.BOX:
             cy, sy = np.cos(prims.yaw), np.sin(prims.yaw)
             rel = o - prims.center
-            lo = np.stack([cy * rel[:, 0] + sy * rel[:, 1], -sy * rel[:, 0] + cy * rel[:, 1], rel[:, 2]], 1)[m]
+            lo = np.stack([cy * rel[:, 0] + sy * rel[:, 1], -sy * rel[:, 0] + cy * rel[:, 1], rel[:, 2]], 1)[
+                m
+            ]
             c, s = cy[m], sy[m]
             ld = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2]], 1)
             inv = 1.0 / ld

@@ -82,7 +82,9 @@ def build_rig(config: SynthConfig) -> SensorRig:
     return SensorRig(
         base_to_lidar=lidar,
         base_to_camera={c.name: camera_extrinsic(c) for c in config.cameras},
-        intrinsics={c.name: camera_intrinsics(c, config.image_width, config.image_height) for c in config.cameras},
+        intrinsics={
+            c.name: camera_intrinsics(c, config.image_width, config.image_height) for c in config.cameras
+        },
         camera_offset_ns={c.name: round(-c.yaw_deg / 360.0 * period) for c in config.cameras},
     )
 
@@ -112,7 +114,13 @@ class CameraModel:
         self.tiling: Tiling = grid_tiling(h, w, tile, tile)
 
     def render(
-        self, world: World, T_map_cam: F64, t_s: float, max_range: float, rng: np.random.Generator, noise_std: float
+        self,
+        world: World,
+        T_map_cam: F64,
+        t_s: float,
+        max_range: float,
+        rng: np.random.Generator,
+        noise_std: float,
     ) -> CameraRender:
         h, w = self.intrinsics.height, self.intrinsics.width
         dirs = self.dirs_cam @ T_map_cam[:3, :3].T
@@ -161,11 +169,13 @@ class LidarModel:
         # clockwise from the back: yaw +180 -> 0 (stamp) -> -180
         az = np.radians(180.0 - (np.arange(n_cols) + 0.5) * 360.0 / n_cols)
         ee, aa = np.meshgrid(elev, az)  # (cols, beams): firing order
-        self.dirs_lidar = np.stack([np.cos(ee) * np.cos(aa), np.cos(ee) * np.sin(aa), np.sin(ee)], -1).reshape(-1, 3)
+        self.dirs_lidar = np.stack(
+            [np.cos(ee) * np.cos(aa), np.cos(ee) * np.sin(aa), np.sin(ee)], -1
+        ).reshape(-1, 3)
         self.ring = np.tile(np.arange(config.lidar_beams, dtype=np.uint16), n_cols)
-        self.time_offset = np.repeat(-np.degrees(az) / 360.0 / config.lidar_rate_hz, config.lidar_beams).astype(
-            np.float32
-        )
+        self.time_offset = np.repeat(
+            -np.degrees(az) / 360.0 / config.lidar_rate_hz, config.lidar_beams
+        ).astype(np.float32)
         self.tiling = grid_tiling(n_cols, config.lidar_beams, 8, 4)
 
     def scan(self, world: World, T_map_lidar: F64, t_s: float, rng: np.random.Generator) -> LidarSweep:
@@ -183,7 +193,11 @@ class LidarModel:
         keep_p = (1.0 - cfg.lidar_dropout) * (1.0 - app.dropout)
         power = app.reflectivity * (0.25 + 0.75 * cos_inc)
         intensity = 255.0 * np.clip(power * (1.0 + 0.06 * rng.standard_normal(t.shape)), 0.0, 1.0)
-        keep = (rng.random(t.shape) < keep_p) & (noisy >= cfg.lidar_min_range_m) & (noisy <= cfg.lidar_max_range_m)
+        keep = (
+            (rng.random(t.shape) < keep_p)
+            & (noisy >= cfg.lidar_min_range_m)
+            & (noisy <= cfg.lidar_max_range_m)
+        )
         keep &= power > 0.01  # too little light comes back from dark surfaces at grazing angles
         sel = rays[keep]
         xyz = self.dirs_lidar[sel] * noisy[keep, None]

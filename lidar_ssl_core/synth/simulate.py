@@ -43,7 +43,9 @@ def _seconds(config: SynthConfig, stamp_ns: int) -> float:
     return (stamp_ns - config.start_stamp_ns) * 1e-9
 
 
-def simulate(world: World, config: SynthConfig | None = None, rig: SensorRig | None = None) -> Iterator[SynthFrame]:
+def simulate(
+    world: World, config: SynthConfig | None = None, rig: SensorRig | None = None
+) -> Iterator[SynthFrame]:
     """Yield ``config.n_frames`` frames; byte-identical for the same config (random streams per frame)."""
     cfg = config if config is not None else world.config
     rig = rig if rig is not None else build_rig(cfg)

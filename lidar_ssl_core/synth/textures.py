@@ -97,12 +97,17 @@ def appearance(surf: Surface, cross_x: float | None, *, need_albedo: bool = True
         refl[s] = np.select([g == C.ROAD, g == C.LANE_MARKING], [0.10, 0.85], 0.35)
         if need_albedo:
             fine = noise2(x * 6.0, y * 6.0, 11)
-            road = np.array([0.30, 0.30, 0.32]) * (0.80 + 0.25 * noise2(x * 1.3, y * 1.3, 7) + 0.12 * fine)[:, None]
+            road = (
+                np.array([0.30, 0.30, 0.32])
+                * (0.80 + 0.25 * noise2(x * 1.3, y * 1.3, 7) + 0.12 * fine)[:, None]
+            )
             mark = np.array([0.88, 0.88, 0.84]) * (0.92 + 0.1 * fine)[:, None]
             patch = _smooth(noise2(x * 0.25, y * 0.25, 3))[:, None]
             grass = np.array([0.28, 0.45, 0.16]) * (1 - patch) + np.array([0.45, 0.37, 0.24]) * patch
             grass = grass * (0.75 + 0.4 * fine)[:, None]
-            albedo[s] = np.select([(g == C.ROAD)[:, None], (g == C.LANE_MARKING)[:, None]], [road, mark], grass)
+            albedo[s] = np.select(
+                [(g == C.ROAD)[:, None], (g == C.LANE_MARKING)[:, None]], [road, mark], grass
+            )
 
     s = each(Material.SIDEWALK)
     if s.size:
@@ -124,7 +129,9 @@ def appearance(surf: Surface, cross_x: float | None, *, need_albedo: bool = True
         u = np.where(nx, lp[s, 1] + size[:, 1], lp[s, 0] + size[:, 0])
         v = p[s, 2]
         cu, cv = np.floor(u / 2.8), np.floor(v / 3.2)
-        window = (np.mod(u, 2.8) > 0.6) & (np.mod(u, 2.8) < 2.1) & (np.mod(v, 3.2) > 0.9) & (np.mod(v, 3.2) < 2.5)
+        window = (
+            (np.mod(u, 2.8) > 0.6) & (np.mod(u, 2.8) < 2.1) & (np.mod(v, 3.2) > 0.9) & (np.mod(v, 3.2) < 2.5)
+        )
         window &= ~roof & (v > 0.8)
         refl[s] = np.where(window, 0.05, np.where(roof, 0.22, 0.30))
         drop[s] = np.where(window, 0.4, 0.0)
@@ -133,7 +140,9 @@ def appearance(surf: Surface, cross_x: float | None, *, need_albedo: bool = True
             wall = surf.color[s] * (0.86 + 0.2 * noise2(u * 1.5, v * 1.5, 17))[:, None]
             lit = _hash(cu.astype(np.int64), cv.astype(np.int64), inst, 23)
             glass = np.array([0.13, 0.17, 0.24]) * (0.75 + 0.6 * lit)[:, None]
-            roof_c = np.array([0.34, 0.33, 0.32]) * (0.85 + 0.2 * noise2(lp[s, 0] * 2, lp[s, 1] * 2, 19))[:, None]
+            roof_c = (
+                np.array([0.34, 0.33, 0.32]) * (0.85 + 0.2 * noise2(lp[s, 0] * 2, lp[s, 1] * 2, 19))[:, None]
+            )
             albedo[s] = np.where(roof[:, None], roof_c, np.where(window[:, None], glass, wall))
 
     s = each(Material.TRUNK)
@@ -179,7 +188,9 @@ def appearance(surf: Surface, cross_x: float | None, *, need_albedo: bool = True
     if s.size:
         refl[s] = 0.20
         if need_albedo:
-            albedo[s] = surf.color[s] * (0.88 + 0.15 * noise2(lp[s, 0] * 9 + lp[s, 1] * 9, lp[s, 2] * 9, 43))[:, None]
+            albedo[s] = (
+                surf.color[s] * (0.88 + 0.15 * noise2(lp[s, 0] * 9 + lp[s, 1] * 9, lp[s, 2] * 9, 43))[:, None]
+            )
 
     s = each(Material.POLE)
     if s.size:

@@ -55,8 +55,20 @@ class Material(IntEnum):
 
 #: Semantic class of each material (ground is resolved per point by :func:`ground_class`).
 MATERIAL_CLASS = np.array(
-    [C.ROAD, C.SIDEWALK, C.BUILDING, C.VEGETATION, C.VEGETATION, C.VEGETATION, C.CAR, C.CAR, C.CAR,
-     C.PEDESTRIAN, C.POLE, C.POLE],
+    [
+        C.ROAD,
+        C.SIDEWALK,
+        C.BUILDING,
+        C.VEGETATION,
+        C.VEGETATION,
+        C.VEGETATION,
+        C.CAR,
+        C.CAR,
+        C.CAR,
+        C.PEDESTRIAN,
+        C.POLE,
+        C.POLE,
+    ],
     dtype=np.uint8,
 )
 
@@ -105,8 +117,15 @@ class Primitives:
 
     def select(self, mask: npt.NDArray[np.bool_] | npt.NDArray[np.integer]) -> Primitives:
         return Primitives(
-            self.kind, self.center[mask], self.size[mask], self.yaw[mask], self.material[mask],
-            self.instance[mask], self.color[mask], self.velocity[mask], self.anchor_x[mask],
+            self.kind,
+            self.center[mask],
+            self.size[mask],
+            self.yaw[mask],
+            self.material[mask],
+            self.instance[mask],
+            self.color[mask],
+            self.velocity[mask],
+            self.anchor_x[mask],
         )
 
 
@@ -166,7 +185,11 @@ class EgoTrajectory:
         ws = 2 * math.pi / self.speed_period_s
         wl = 2 * math.pi / self.lateral_period_s
         a = self.speed * self.speed_amp
-        x = self.x0 + self.speed * t_s - a / ws * (math.cos(ws * t_s + self.phase_speed) - math.cos(self.phase_speed))
+        x = (
+            self.x0
+            + self.speed * t_s
+            - a / ws * (math.cos(ws * t_s + self.phase_speed) - math.cos(self.phase_speed))
+        )
         dx = self.speed + a * math.sin(ws * t_s + self.phase_speed)
         y = -LANE_WIDTH / 2 + self.lateral_amp * math.sin(wl * t_s + self.phase_lateral)
         dy = self.lateral_amp * wl * math.cos(wl * t_s + self.phase_lateral)
@@ -233,8 +256,15 @@ _BUILDING_COLORS = np.array(
     [[0.76, 0.70, 0.60], [0.62, 0.33, 0.25], [0.55, 0.55, 0.56], [0.85, 0.83, 0.78], [0.50, 0.42, 0.36]]
 )
 _CAR_COLORS = np.array(
-    [[0.70, 0.08, 0.08], [0.10, 0.20, 0.55], [0.75, 0.75, 0.77], [0.92, 0.92, 0.92],
-     [0.08, 0.08, 0.09], [0.27, 0.29, 0.32], [0.10, 0.35, 0.20]]
+    [
+        [0.70, 0.08, 0.08],
+        [0.10, 0.20, 0.55],
+        [0.75, 0.75, 0.77],
+        [0.92, 0.92, 0.92],
+        [0.08, 0.08, 0.09],
+        [0.27, 0.29, 0.32],
+        [0.10, 0.35, 0.20],
+    ]
 )
 _TROUSERS = np.array([[0.10, 0.12, 0.25], [0.08, 0.08, 0.08], [0.55, 0.48, 0.35], [0.30, 0.30, 0.32]])
 _SKIN = np.array([[0.90, 0.72, 0.60], [0.70, 0.50, 0.38], [0.45, 0.32, 0.24]])
@@ -284,18 +314,33 @@ class _Generator:
                     if x0 < b and x1 > a:
                         for lo, hi in ((x0, min(x1, a)), (max(x0, b), x1)):
                             if hi - lo > 0.05:
-                                self.boxes.add(((lo + hi) / 2, side * mid_y, half_h), ((hi - lo) / 2, half_w, half_h),
-                                               Material.SIDEWALK, 0, grey)
+                                self.boxes.add(
+                                    ((lo + hi) / 2, side * mid_y, half_h),
+                                    ((hi - lo) / 2, half_w, half_h),
+                                    Material.SIDEWALK,
+                                    0,
+                                    grey,
+                                )
                         continue
-                self.boxes.add(((x0 + x1) / 2, side * mid_y, half_h), ((x1 - x0) / 2, half_w, half_h),
-                               Material.SIDEWALK, 0, grey)
+                self.boxes.add(
+                    ((x0 + x1) / 2, side * mid_y, half_h),
+                    ((x1 - x0) / 2, half_w, half_h),
+                    Material.SIDEWALK,
+                    0,
+                    grey,
+                )
             if self.cross_x is not None:
                 for dx in (-1.0, 1.0):
                     xc = self.cross_x + dx * mid_y
                     for y0 in np.arange(ROAD_HALF_WIDTH, CROSS_LENGTH, seg):
                         y1 = min(y0 + seg, CROSS_LENGTH)
-                        self.boxes.add((xc, side * (y0 + y1) / 2, half_h), (half_w, (y1 - y0) / 2, half_h),
-                                       Material.SIDEWALK, 0, grey)
+                        self.boxes.add(
+                            (xc, side * (y0 + y1) / 2, half_h),
+                            (half_w, (y1 - y0) / 2, half_h),
+                            Material.SIDEWALK,
+                            0,
+                            grey,
+                        )
 
     def buildings(self) -> None:
         rng = self.rng
@@ -310,8 +355,13 @@ class _Generator:
                 xc = x + length / 2
                 if not self.near_cross(xc, CROSS_HALF_WIDTH + 6.0 + length / 2) and x + length < self.length:
                     y_in = GRASS_OUTER + setback
-                    self.boxes.add((xc, side * (y_in + depth / 2), height / 2), (length / 2, depth / 2, height / 2),
-                                   Material.BUILDING, self.instance(), np.clip(color, 0, 1))
+                    self.boxes.add(
+                        (xc, side * (y_in + depth / 2), height / 2),
+                        (length / 2, depth / 2, height / 2),
+                        Material.BUILDING,
+                        self.instance(),
+                        np.clip(color, 0, 1),
+                    )
                 x += length + float(rng.uniform(1.0, 7.0))
 
     def _count(self, per_100m: float) -> int:
@@ -330,10 +380,13 @@ class _Generator:
             rxy = float(rng.uniform(1.4, 2.6))
             rz = float(rng.uniform(1.6, 3.0))
             inst = self.instance()
-            self.cyls.add((x, y, 0.0), (trunk_r, trunk_r, trunk_h + 0.3 * rz), Material.TRUNK, inst,
-                          (0.33, 0.24, 0.16))
+            self.cyls.add(
+                (x, y, 0.0), (trunk_r, trunk_r, trunk_h + 0.3 * rz), Material.TRUNK, inst, (0.33, 0.24, 0.16)
+            )
             tint = np.array([0.18, 0.38, 0.12]) * rng.uniform(0.8, 1.2, 3)
-            self.ells.add((x, y, trunk_h + 0.7 * rz), (rxy, rxy, rz), Material.FOLIAGE, inst, np.clip(tint, 0, 1))
+            self.ells.add(
+                (x, y, trunk_h + 0.7 * rz), (rxy, rxy, rz), Material.FOLIAGE, inst, np.clip(tint, 0, 1)
+            )
         for _ in range(self._count(self.cfg.bushes_per_100m)):
             x = float(rng.uniform(0.0, self.length))
             side = float(rng.choice([-1.0, 1.0]))
@@ -343,8 +396,13 @@ class _Generator:
             r = rng.uniform(0.5, 1.1, 2)
             rz = float(rng.uniform(0.5, 0.9))
             tint = np.array([0.16, 0.33, 0.12]) * rng.uniform(0.8, 1.2, 3)
-            self.ells.add((x, y, 0.35 * rz), (float(r[0]), float(r[1]), rz), Material.BUSH, self.instance(),
-                          np.clip(tint, 0, 1))
+            self.ells.add(
+                (x, y, 0.35 * rz),
+                (float(r[0]), float(r[1]), rz),
+                Material.BUSH,
+                self.instance(),
+                np.clip(tint, 0, 1),
+            )
 
     def poles(self) -> None:
         rng = self.rng
@@ -358,9 +416,16 @@ class _Generator:
                     inst = self.instance()
                     self.cyls.add((x, y, 0.0), (0.13, 0.13, h), Material.POLE, inst, metal)
                     arm = 1.0
-                    self.boxes.add((x, y - side * arm, h - 0.1), (0.05, arm, 0.05), Material.POLE, inst, metal)
-                    self.boxes.add((x, y - side * 2 * arm, h - 0.2), (0.22, 0.32, 0.08), Material.LAMP, inst,
-                                   (0.80, 0.80, 0.72))
+                    self.boxes.add(
+                        (x, y - side * arm, h - 0.1), (0.05, arm, 0.05), Material.POLE, inst, metal
+                    )
+                    self.boxes.add(
+                        (x, y - side * 2 * arm, h - 0.2),
+                        (0.22, 0.32, 0.08),
+                        Material.LAMP,
+                        inst,
+                        (0.80, 0.80, 0.72),
+                    )
                 x += float(rng.uniform(22.0, 32.0))
 
     def _car(self, x: float, y: float, yaw: float, vx: float) -> None:
@@ -377,16 +442,33 @@ class _Generator:
         def at(fx: float, fy: float) -> tuple[float, float]:
             return x + c * fx - s * fy, y + s * fx + c * fy
 
-        self.boxes.add((x, y, z_body), (length / 2, width / 2, body_h / 2), Material.CAR_BODY, inst, color,
-                       yaw, vx, x)
+        self.boxes.add(
+            (x, y, z_body), (length / 2, width / 2, body_h / 2), Material.CAR_BODY, inst, color, yaw, vx, x
+        )
         cx, cy = at(-0.08 * length, 0.0)
-        self.boxes.add((cx, cy, 0.3 + body_h + cabin_h / 2), (0.28 * length, 0.44 * width, cabin_h / 2),
-                       Material.CAR_CABIN, inst, color, yaw, vx, x)
+        self.boxes.add(
+            (cx, cy, 0.3 + body_h + cabin_h / 2),
+            (0.28 * length, 0.44 * width, cabin_h / 2),
+            Material.CAR_CABIN,
+            inst,
+            color,
+            yaw,
+            vx,
+            x,
+        )
         for fx in (-0.32 * length, 0.32 * length):
             for fy in (-0.5 * width + 0.08, 0.5 * width - 0.08):
                 wx, wy = at(fx, fy)
-                self.boxes.add((wx, wy, 0.33), (0.33, 0.1, 0.33), Material.CAR_WHEEL, inst, (0.06, 0.06, 0.06),
-                               yaw, vx, x)
+                self.boxes.add(
+                    (wx, wy, 0.33),
+                    (0.33, 0.1, 0.33),
+                    Material.CAR_WHEEL,
+                    inst,
+                    (0.06, 0.06, 0.06),
+                    yaw,
+                    vx,
+                    x,
+                )
 
     def parked_cars(self) -> None:
         rng = self.rng
@@ -398,7 +480,9 @@ class _Generator:
             while x < self.length - 3.0:
                 if not self.near_cross(x, CROSS_HALF_WIDTH + 10.0):
                     yaw = (0.0 if side < 0 else math.pi) + float(rng.normal(0.0, 0.03))
-                    y = side * (LANE_WIDTH + (ROAD_HALF_WIDTH - LANE_WIDTH) / 2 + float(rng.uniform(-0.1, 0.15)))
+                    y = side * (
+                        LANE_WIDTH + (ROAD_HALF_WIDTH - LANE_WIDTH) / 2 + float(rng.uniform(-0.1, 0.15))
+                    )
                     self._car(x, y, yaw, 0.0)
                 x += max(5.5, float(rng.exponential(spacing)) + 5.0)
 
@@ -429,7 +513,9 @@ class _Generator:
             inst = self.instance()
             z0 = SIDEWALK_HEIGHT
             self.cyls.add((x, y, z0), (0.15, 0.15, 0.47 * h), Material.PERSON, inst, trousers, 0.0, vx, x)
-            self.cyls.add((x, y, z0 + 0.47 * h), (0.21, 0.21, 0.37 * h), Material.PERSON, inst, shirt, 0.0, vx, x)
+            self.cyls.add(
+                (x, y, z0 + 0.47 * h), (0.21, 0.21, 0.37 * h), Material.PERSON, inst, shirt, 0.0, vx, x
+            )
             self.ells.add((x, y, z0 + 0.92 * h), (0.1, 0.1, 0.12), Material.PERSON, inst, skin, 0.0, vx, x)
 
 
@@ -447,7 +533,8 @@ def generate_world(config: SynthConfig) -> World:
     length = config.world_length_m if config.world_length_m is not None else math.ceil(needed / 10.0) * 10.0
     if length < needed:
         raise ConfigError(
-            f"world_length_m={length} is too short for {config.n_frames} frames at {config.ego_speed_mps} m/s; "
+            f"world_length_m={length} is too short for {config.n_frames} frames "
+            f"at {config.ego_speed_mps} m/s; "
             f"use at least {math.ceil(needed)} or leave it unset (auto)"
         )
     cross_x = DRIVE_MARGIN_M + 40.0 if config.intersection else None
