@@ -181,9 +181,13 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         where = f" in {path}" if path is not None else ""
-        raise ConfigError(f"invalid configuration{where}: {problems}") from err
+        raise ConfigError(f"invalid configuration{where}: {describe_validation_error(err)}") from err
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """One line per problem, each naming the dotted key: 'data.voxels.size: ...; seed: ...'."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
 
 
 def dump_config(config: BaseModel) -> str:

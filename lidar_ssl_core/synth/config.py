@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lidar_ssl_core.config import describe_validation_error
 from lidar_ssl_core.errors import ConfigError
 
 
@@ -147,5 +148,4 @@ def make_config(**fields: Any) -> SynthConfig:
     try:
         return SynthConfig.model_validate(fields)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"invalid synthetic config: {problems}") from err
+        raise ConfigError(f"invalid synthetic config: {describe_validation_error(err)}") from err
