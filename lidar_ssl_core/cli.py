@@ -61,7 +61,7 @@ def main(
 
 
 def _fail(err: LidarSslError) -> typer.Exit:
-    console.print(f"[bold red]ERROR[/]: {err}")
+    typer.echo(f"ERROR: {err}", err=True)  # one unwrapped line, whatever the terminal width
     return typer.Exit(1)
 
 
