@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
-from skimage.util import regular_grid
+from skimage.util import regular_grid as _regular_grid
 
 from lidar_ssl_core.errors import SuperpixelError
+
+# scikit-image ships no type hints: give its seed-grid helper the signature it documents
+regular_grid = cast(Callable[[tuple[int, int], int], tuple[slice, slice]], _regular_grid)
 
 Int32Array = npt.NDArray[np.int32]
 UInt8Array = npt.NDArray[np.uint8]
@@ -30,7 +35,8 @@ def check_rgb(rgb: object) -> UInt8Array:
 def relabel_contiguous(labels: npt.NDArray[np.integer]) -> Int32Array:
     """Map any integer label image to ids 0..K-1 (ascending order of the original values)."""
     _, inverse = np.unique(labels, return_inverse=True)
-    return inverse.reshape(labels.shape).astype(np.int32)
+    out: Int32Array = inverse.reshape(labels.shape).astype(np.int32)
+    return out
 
 
 def is_contiguous(labels: npt.NDArray[np.integer]) -> bool:

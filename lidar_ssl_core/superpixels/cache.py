@@ -49,12 +49,12 @@ class SuperpixelCache:
             raise SuperpixelError(f"{int(labels.max()) + 1} superpixels do not fit a 16-bit cache entry")
         path = self.path(camera, stamp_ns)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".png")
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".png")
         os.close(fd)
+        tmp = Path(tmp_name)
         try:
-            if not cv2.imwrite(tmp, labels.astype(np.uint16)):
+            if not cv2.imwrite(str(tmp), labels.astype(np.uint16)):
                 raise SuperpixelError(f"could not write superpixel cache entry {tmp}")
-            os.replace(tmp, path)
+            tmp.replace(path)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            tmp.unlink(missing_ok=True)

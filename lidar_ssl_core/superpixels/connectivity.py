@@ -8,50 +8,60 @@ shares the longest border with, which is deterministic and does not depend on sc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import numpy as np
 import numpy.typing as npt
-from skimage.measure import label as connected_components
+from skimage.measure import label as _label
 
 from lidar_ssl_core.superpixels._common import Int32Array
 
 _MAX_ROUNDS = 64
+# scikit-image ships no type hints; this is the call signature used here (return_num=True)
+connected_components = cast(Callable[..., tuple[npt.NDArray[np.intp], int]], _label)
 
 
 def enforce_connectivity(labels: npt.NDArray[np.integer], min_size: int) -> Int32Array:
     """Return contiguous int32 labels whose segments are 4-connected and (where possible) >= min_size."""
     comp_raw, n_comp = connected_components(labels, background=-1, connectivity=1, return_num=True)
-    comp = np.asarray(comp_raw, dtype=np.int32)
-    comp -= 1  # connected_components numbers regions from 1
-    sizes = np.bincount(comp.ravel(), minlength=n_comp).astype(np.int64)
+    comp = np.asarray(comp_raw)  # regions numbered 1..n_comp (0 is unused: no pixel equals -1)
+    sizes = np.bincount(comp.ravel(), minlength=n_comp + 1).astype(np.int64)
+    sizes[0] = min_size  # the unused id 0 is never small
     small0 = sizes < min_size
     if n_comp <= 1 or not small0.any():
-        return comp
+        return (comp - 1).astype(np.int32)
     pair_a, pair_b, pair_n = _border_pairs(comp, small0)
     parent = _merge_small(sizes, min_size, pair_a, pair_b, pair_n)
-    roots = np.unique(parent)
-    new_id = np.full(n_comp, -1, dtype=np.int32)
+    roots = np.unique(parent[1:])
+    new_id = np.full(n_comp + 1, -1, dtype=np.int32)
     new_id[roots] = np.arange(roots.size, dtype=np.int32)
-    return new_id[parent][comp]
+    out: Int32Array = new_id[parent][comp]
+    return out
 
 
 def _border_pairs(
-    comp: Int32Array, small: npt.NDArray[np.bool_]
+    comp: npt.NDArray[np.integer], small: npt.NDArray[np.bool_]
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Directed (a, b, border length) for every pair of touching regions where one of them is small."""
-    small_px = small[comp]
-    a_parts: list[npt.NDArray[np.int32]] = []
-    b_parts: list[npt.NDArray[np.int32]] = []
-    for first, second, s1, s2 in (
-        (comp[:, :-1], comp[:, 1:], small_px[:, :-1], small_px[:, 1:]),
-        (comp[:-1, :], comp[1:, :], small_px[:-1, :], small_px[1:, :]),
-    ):
-        keep = (first != second) & (s1 | s2)
-        a_parts.append(first[keep])
-        b_parts.append(second[keep])
-    a = np.concatenate(a_parts).astype(np.int64)
-    b = np.concatenate(b_parts).astype(np.int64)
-    a, b = np.concatenate([a, b]), np.concatenate([b, a])
-    return _aggregate(a, b, np.ones_like(a), int(comp.max()) + 1)
+    """(small region, neighbour, border length) for every small region and each region it touches.
+
+    Only the pixels of small regions are visited, so this costs O(small area), not O(image).
+    """
+    h, w = comp.shape
+    flat = comp.ravel()
+    pix = np.flatnonzero(small[flat])
+    row, col = pix // w, pix % w
+    a_parts: list[npt.NDArray[np.int64]] = []
+    b_parts: list[npt.NDArray[np.int64]] = []
+    for ok, step in ((row > 0, -w), (row < h - 1, w), (col > 0, -1), (col < w - 1, 1)):
+        p = pix[ok]
+        a, b = flat[p].astype(np.int64), flat[p + step].astype(np.int64)
+        keep = a != b
+        a_parts.append(a[keep])
+        b_parts.append(b[keep])
+    a_all = np.concatenate(a_parts)
+    b_all = np.concatenate(b_parts)
+    return _aggregate(a_all, b_all, np.ones_like(a_all), small.size)
 
 
 def _aggregate(

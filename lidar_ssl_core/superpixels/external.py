@@ -48,7 +48,8 @@ def load_external_mask(path: Path, expected_hw: tuple[int, int]) -> npt.NDArray[
             raise SuperpixelError(f"external superpixel mask {path} is not a readable image")
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise SuperpixelError(
-            f"external superpixel mask {path} must be a 2-D integer label image, got {labels.dtype} {labels.shape}"
+            f"external superpixel mask {path} must be a 2-D integer label image, "
+            f"got {labels.dtype} {labels.shape}"
         )
     if labels.shape != tuple(expected_hw):
         raise SuperpixelError(
