@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -88,8 +88,8 @@ def info(
         for bag in bags:
             with BagReader(bag) as reader:
                 table = Table(title=str(bag))
-                table.add_column("topic")
-                table.add_column("type")
+                table.add_column("topic", overflow="fold")
+                table.add_column("type", overflow="fold")
                 table.add_column("messages", justify="right")
                 for topic, msgtype in reader.topics.items():
                     table.add_row(topic, msgtype, str(reader.message_count(topic)))
@@ -97,8 +97,18 @@ def info(
                 for line in reader.damaged:
                     console.print(f"[yellow]damaged[/]: {line}")
             index = index_bag(bag, cfg.data)
+            out = Console(soft_wrap=True)
             for line in index.report.lines():
-                Console().print(f"  {line}")
+                out.print(f"  {line}")
+            poses = "with" if index.rig.has_poses() else "WITHOUT"
+            out.print(f"  LiDAR frame {index.lidar_frame}, ego poses: {poses} ego-motion compensation")
+            for name, cam in index.rig.cameras.items():
+                intr = cam.intrinsics
+                out.print(
+                    f"  camera {name}: frame {cam.frame}, {intr.width}x{intr.height}, "
+                    f"fx {intr.K[0, 0]:.1f} fy {intr.K[1, 1]:.1f}, distortion {intr.distortion_model}"
+                    + (" (zero)" if not intr.is_distorted else "")
+                )
     except LidarSslError as err:
         raise _fail(err) from err
 
@@ -193,17 +203,18 @@ def samples(
 class _SampleStats:
     def __init__(self) -> None:
         self.samples = self.points = self.voxels = self.pairs = self.images = self.superpixels = 0
+        self.replaced: list[str] = []
 
-    def add(self, batch: dict[str, object]) -> None:
+    def add(self, batch: dict[str, Any]) -> None:
         import torch
 
         coords = batch["coords"]
-        assert isinstance(coords, torch.Tensor)
-        self.samples += int(coords[:, 0].max()) + 1 if len(coords) else 0
-        self.points += len(batch["points"])  # type: ignore[arg-type]
+        self.samples += len(batch["sources"])
+        self.points += len(batch["points"])
         self.voxels += len(coords)
-        self.pairs += len(batch["pairing_points"])  # type: ignore[arg-type]
-        self.images += len(batch["images"])  # type: ignore[arg-type]
+        self.pairs += len(batch["pairing_points"])
+        self.images += len(batch["images"])
+        self.replaced += batch["replaced"]
         sp = batch.get("superpixels")
         if isinstance(sp, torch.Tensor) and sp.numel():
             self.superpixels += len(torch.unique(sp))
@@ -219,9 +230,10 @@ class _SampleStats:
         table.add_row("point-pixel pairs", f"{self.pairs / n:.0f}")
         table.add_row("superpixels", f"{self.superpixels / n:.0f}")
         Console().print(table)
-        Console().print(
-            f"{self.samples} samples in {elapsed:.1f} s = {self.samples / max(elapsed, 1e-9):.2f} samples/s"
-        )
+        rate = self.samples / max(elapsed, 1e-9)
+        Console().print(f"{self.samples} samples in {elapsed:.1f} s = {rate:.2f} samples/s")
+        if self.replaced:
+            Console().print(f"frames that failed to load and were replaced: {', '.join(self.replaced)}")
 
 
 @app.command("config")

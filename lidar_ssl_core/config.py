@@ -1,8 +1,8 @@
 """Typed configuration shared by the CLI and the ROS nodes.
 
-One pydantic tree, loaded from YAML over documented defaults (``lidar_ssl_core/configs/default.yaml``
-is generated from these models and documents every field). Unknown keys are errors, so a typo in a YAML
-file fails at start-up with the key's dotted path instead of being silently ignored.
+One pydantic tree, loaded from YAML over documented defaults (docs/config.md is generated from these
+models by ``lidar-ssl config --markdown`` and documents every field). Unknown keys are errors, so a typo
+in a YAML file fails at start-up with the key's dotted path instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -167,6 +167,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             loaded = yaml.safe_load(Path(path).read_text())
         except FileNotFoundError as err:
             raise ConfigError(f"config file {path} does not exist") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} cannot be read: {err}") from err
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
         if loaded is not None and not isinstance(loaded, dict):
@@ -175,8 +177,14 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
+        for depth, key in enumerate(parents):
+            child = node.get(key)
+            if child is None:  # absent, or a YAML section whose keys are all commented out
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(f"cannot set {dotted}: {where} is {child!r}, not a section")
+            node = child
         node[leaf] = value
     try:
         return Config.model_validate(raw)

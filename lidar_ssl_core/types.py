@@ -71,8 +71,12 @@ class CameraIntrinsics:
         return bool(self.D.size) and bool(np.any(self.D != 0.0))
 
     def scaled(self, sx: float, sy: float) -> CameraIntrinsics:
-        """Intrinsics of the same camera whose image was resized by (sx, sy)."""
-        scale = np.diag([sx, sy, 1.0])
+        """Intrinsics of the same camera whose image was resized by (sx, sy).
+
+        Pixel-centre aligned (integer pixel coordinates are pixel centres, as in OpenCV and our
+        projection): u' = sx (u + 0.5) - 0.5, likewise for v.
+        """
+        scale = np.array([[sx, 0.0, 0.5 * (sx - 1.0)], [0.0, sy, 0.5 * (sy - 1.0)], [0.0, 0.0, 1.0]])
         P = None if self.P is None else scale @ self.P
         return CameraIntrinsics(
             K=scale @ self.K,

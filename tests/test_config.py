@@ -78,3 +78,16 @@ def test_importing_the_core_never_imports_rclpy() -> None:
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('rclpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_overrides_into_empty_or_scalar_sections(tmp_path: Path) -> None:
+    path = tmp_path / "commented.yaml"
+    path.write_text("data:\n  # loader:\n  #   batch_size: 2\n")
+    assert load_config(path, {"data.loader.batch_size": 3}).data.loader.batch_size == 3
+    with pytest.raises(ConfigError, match=r"data\.loader\.batch_size\.x.*data\.loader\.batch_size"):
+        load_config(None, {"data.loader.batch_size": 3, "data.loader.batch_size.x": 1})
+
+
+def test_directory_as_config_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path)

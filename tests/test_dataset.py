@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ def test_pairs_land_on_pixels_of_the_same_class(synth_bag: Path, synth_cfg: Any)
         agreement[compensate] = hits / total
     assert total > 1000
     assert agreement[True] > 0.9
-    assert agreement[True] >= agreement[False]
+    # measured 0.94 vs 0.92 on this drive: compensation must visibly help, not merely not hurt
+    assert agreement[True] - agreement[False] > 0.01, agreement
 
 
 def test_samples_are_consistent_and_batch(synth_bag: Path) -> None:
@@ -135,6 +137,84 @@ def test_epochs_change_augmentations_reproducibly(synth_bag: Path) -> None:
     assert not np.array_equal(first, dataset[0].xyz)
 
 
+def test_set_epoch_reaches_persistent_workers(synth_bag: Path) -> None:
+    cfg = _config(**{"loader.num_workers": 1, "loader.batch_size": 1})
+    dataset = PairedBagDataset(cfg, bags=[synth_bag], seed=1)
+    loader = make_loader(dataset, shuffle=False)
+    epoch0 = next(iter(loader))["points"]
+    dataset.set_epoch(1)
+    epoch1 = next(iter(loader))["points"]
+    assert not torch.equal(epoch0, epoch1)
+    dataset.set_epoch(0)
+    assert torch.equal(epoch0, next(iter(loader))["points"])
+
+
+def test_dataset_pickles_for_spawned_workers(synth_bag: Path) -> None:
+    dataset = PairedBagDataset(_config(), bags=[synth_bag], seed=2)
+    sample = dataset[2]
+    dataset[0]  # opens a reader, which must not travel
+    clone = pickle.loads(pickle.dumps(dataset))
+    np.testing.assert_array_equal(clone[2].xyz, sample.xyz)
+    np.testing.assert_array_equal(clone[2].images, sample.images)
+    dataset.close()
+
+
+def test_out_of_range_is_index_error(synth_bag: Path) -> None:
+    dataset = PairedBagDataset(_config(), bags=[synth_bag])
+    with pytest.raises(IndexError):
+        dataset[len(dataset)]
+    assert len(list(iter(dataset))) == len(dataset)  # plain iteration ends
+
+
+def test_many_bags_make_one_dataset_without_superpixel_collisions(synth_bag: Path, tmp_path: Path) -> None:
+    other = write_synthetic_bag(
+        tmp_path / "other", preset("tiny", n_frames=2, image_width=240, image_height=135, seed=9)
+    )
+    keys: list[str] = []
+
+    class Recorder:
+        def __call__(self, rgb: np.ndarray, *, camera: str, stamp_ns: int) -> np.ndarray:
+            keys.append(f"{camera}@{stamp_ns}")
+            return np.zeros(rgb.shape[:2], np.int32)
+
+    dataset = PairedBagDataset(_config(), bags=[synth_bag, other], superpixels=Recorder())
+    assert len(dataset) == N_FRAMES + 2
+    sources = {dataset[i].source.split("#")[0] for i in range(len(dataset))}
+    assert sources == {"tiny", "other"}
+    # both drives start at the same stamp: keys must still differ by bag
+    assert len(keys) == len(set(keys))
+    assert {k.split("/")[0] for k in keys} == {"tiny", "other"}
+
+
+def test_frame_with_no_decodable_image_is_replaced_and_reported(synth_bag: Path, tmp_path: Path) -> None:
+    seen: dict[str, int] = {}
+
+    def break_second_frame_images(topic: str, msg: Any, writer: BagWriter) -> Any:
+        if topic.endswith("/image/compressed"):
+            seen[topic] = seen.get(topic, 0) + 1
+            if seen[topic] == 2:  # keep the JPEG header (indexing passes), cut the entropy-coded data
+                msg.data = np.ascontiguousarray(msg.data[:700])
+        return msg
+
+    bag = _copy_bag(synth_bag, tmp_path / "bad_images", break_second_frame_images)
+    dataset = PairedBagDataset(_config(), bags=[bag])
+    assert len(dataset) == N_FRAMES
+    sample = dataset[1]
+    assert sample.replaced == ("bad_images#1",)
+    assert sample.source == "bad_images#2"
+    batch = collate([dataset[0], sample])
+    assert batch["replaced"] == ["bad_images#1"]
+
+
+def test_require_all_cameras_ignores_uncalibrated_ones(synth_bag: Path, tmp_path: Path) -> None:
+    bag = _copy_bag(
+        synth_bag, tmp_path / "no_info", lambda t, m, w: None if t == "/cameras/back/camera_info" else m
+    )
+    index = index_bag(bag, _config(**{"sync.require_all_cameras": True}))
+    assert len(index) == N_FRAMES
+    assert all(len(f.views) == 5 for f in index.frames)
+
+
 def test_malformed_sweep_is_skipped_and_counted(synth_bag: Path, tmp_path: Path) -> None:
     stamps: list[int] = []
 
@@ -186,4 +266,5 @@ def test_truncated_bag_still_gives_the_frames_before_the_damage(synth_bag: Path,
     (damaged / mcap.name).write_bytes(data[: int(len(data) * 0.7)])
     index = index_bag(damaged, _config())
     assert 1 <= len(index) < N_FRAMES
-    assert index.report.storage_errors or len(index) < N_FRAMES
+    frame = FrameLoader(index).load(0)
+    assert len(frame.cloud) > 1000 and len(frame.images) == 6

@@ -27,9 +27,10 @@ from lidar_ssl_core.bag.reader import BagReader
 from lidar_ssl_core.config import DataConfig, ProfileConfig
 from lidar_ssl_core.errors import CalibrationError, DatasetError, LidarSslError, MessageError
 from lidar_ssl_core.geometry.calibration import RigCalibration
+from lidar_ssl_core.geometry.projection import distort
 from lidar_ssl_core.geometry.tf_buffer import TransformBuffer
 from lidar_ssl_core.msg.camera_info import camera_info_to_intrinsics
-from lidar_ssl_core.msg.image import compressed_image_size
+from lidar_ssl_core.msg.image import compressed_image_size, image_to_array
 from lidar_ssl_core.msg.pointcloud2 import read_cloud
 from lidar_ssl_core.msg.stamps import header_stamp_ns
 from lidar_ssl_core.msg.tf import tf_message_to_transforms
@@ -39,6 +40,7 @@ from lidar_ssl_core.types import CameraIntrinsics
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/Image")
+OFFLINE_QUEUE = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,18 @@ class IndexReport:
         out += [f"bad message {k}: {n}" for k, n in sorted(self.bad_messages.items())]
         out += [f"camera views dropped ({k}): {n}" for k, n in sorted(self.dropped_views.items())]
         out += [f"storage: {e}" for e in self.storage_errors]
+        if self.sync is not None:
+            st = self.sync
+            out.append(
+                f"sync: {st.groups_emitted} groups ({st.groups_partial} with a camera missing), "
+                f"sweeps dropped: {st.lidar_without_cameras} without any camera, "
+                f"{st.stale_lidar} out of order, {st.duplicate_lidar} duplicate; "
+                f"images: {st.camera_used} used, {st.camera_unused} unused, "
+                f"{st.stale_camera} stale, {st.duplicate_camera} duplicate"
+            )
+            missing = {c: n for c, n in st.missing_per_camera.items() if n}
+            if missing:
+                out.append(f"sweeps without an image within slop, per camera: {missing}")
         return out
 
 
@@ -172,8 +186,15 @@ def index_bag(path: Path, config: DataConfig) -> BagIndex:
         tf_topics = [t for t in (profile.tf_static_topic, profile.tf_topic) if t in topics]
         scan = _Scan(buffer=TransformBuffer())
         scan.report.cameras = tuple(image_topics)
-        sync: LidarCameraSynchronizer[MessageRef, MessageRef] = LidarCameraSynchronizer.from_config(
-            list(image_topics), config.sync.slop_s, config.sync.queue_size, config.sync.require_all_cameras
+        # Offline the queues may be as long as the bag needs: only small refs are held, and bounded queues
+        # would make the pairing depend on how late the recorder logged each message. require_all is
+        # applied after calibration (a camera left out for calibration must not veto every sweep).
+        sync: LidarCameraSynchronizer[MessageRef, MessageRef] = LidarCameraSynchronizer(
+            list(image_topics),
+            round(config.sync.slop_s * 1e9),
+            queue_size=OFFLINE_QUEUE,
+            require_all=False,
+            max_pending=OFFLINE_QUEUE,
         )
         wanted = [profile.lidar_topic, *image_topics.values(), *info_topics, *tf_topics]
         for message in reader.messages(wanted, on_error="skip"):
@@ -249,6 +270,8 @@ def _consume(
         stamp = header_stamp_ns(msg)
         if hasattr(msg, "format"):
             compressed_image_size(msg)  # reads the JPEG/PNG header: rejects undecodable data early
+        else:
+            image_to_array(msg)  # zero-copy view: checks encoding, step and data length
         scan.groups.extend(sync.add_camera(camera, stamp, MessageRef(topic, log_time_ns, stamp)))
 
 
@@ -263,14 +286,17 @@ def _assemble(path: Path, profile: ProfileConfig, config: DataConfig, scan: _Sca
         if camera not in scan.intrinsics:
             report.uncalibrated[camera] = f"no valid CameraInfo on {profile.info_topic(camera)}"
             continue
+        intrinsics = scan.intrinsics[camera]
         try:
             RigCalibration.build(
                 scan.buffer,
-                {camera: scan.intrinsics[camera]},
+                {camera: intrinsics},
                 scan.lidar_frame,
                 base_frame=profile.base_frame,
                 world_frame=profile.world_frame,
             )
+            if intrinsics.is_distorted:  # an unsupported distortion model fails here, not every frame
+                distort(np.zeros(1), np.zeros(1), intrinsics)
         except CalibrationError as err:
             report.uncalibrated[camera] = str(err)
             continue
@@ -293,7 +319,10 @@ def _assemble(path: Path, profile: ProfileConfig, config: DataConfig, scan: _Sca
     frames: list[FrameRef] = []
     for group in scan.groups:
         views: list[CameraView] = []
-        for camera, match in sorted(group.cameras.items()):
+        for camera in report.cameras:  # the configured (or sorted) camera order
+            match = group.cameras.get(camera)
+            if match is None:
+                continue
             if camera not in calibrated:
                 report.dropped_views["camera not calibrated"] += 1
                 continue

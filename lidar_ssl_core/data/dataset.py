@@ -3,14 +3,14 @@
 Each bag is indexed once (:func:`index_bag`), frames are decoded on demand in the worker that needs
 them, and the randomness of a sample depends only on (seed, epoch, position), so a run is reproducible
 whatever the number of workers. A frame that cannot be decoded is logged and replaced by the next
-one; a long job never dies for one bad message.
+one (the batch lists it under ``replaced``); a long job never dies for one bad message.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from lidar_ssl_core.config import DataConfig
 from lidar_ssl_core.data.bag_index import BagIndex, index_bag
-from lidar_ssl_core.data.frames import FrameLoader
+from lidar_ssl_core.data.frames import FrameLoader, ReaderPool
 from lidar_ssl_core.data.sample import SuperpixelSource, TrainingSample, build_sample
-from lidar_ssl_core.errors import DatasetError, LidarSslError
+from lidar_ssl_core.errors import DatasetError
 from lidar_ssl_core.resources import default_bag
 
 log = logging.getLogger(__name__)
@@ -41,47 +41,78 @@ class PairedBagDataset(Dataset[TrainingSample]):
         seed: int = 0,
         superpixels: SuperpixelSource | None = None,
         bags: Sequence[Path] | None = None,
+        max_open_bags: int = 16,
     ) -> None:
         paths = list(bags if bags is not None else config.bags) or [default_bag()]
         self.config = config
         self.train = train
         self.seed = seed
-        self.epoch = 0
+        # shared memory, so set_epoch reaches persistent DataLoader workers too
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
         self.superpixels = superpixels
         self.indexes: list[BagIndex] = [index_bag(Path(p), config) for p in paths]
+        self.readers = ReaderPool(max_open_bags)
         self.loaders = [
-            FrameLoader(ix, image_scale=config.loader.image_scale, label_field=config.profile.label_field)
+            FrameLoader(
+                ix,
+                image_scale=config.loader.image_scale,
+                label_field=config.profile.label_field,
+                require_all_cameras=config.sync.require_all_cameras,
+                readers=self.readers,
+            )
             for ix in self.indexes
         ]
         self._positions = [(b, f) for b, ix in enumerate(self.indexes) for f in range(len(ix))]
         if not self._positions:
             raise DatasetError(f"no frame in {paths}")
-        self.failures: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._positions)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
         """New augmentations each epoch, still reproducible from (seed, epoch, position)."""
-        self.epoch = epoch
+        self._epoch[0] = epoch
+
+    def close(self) -> None:
+        """Close the bags this process has open."""
+        self.readers.close()
 
     def __getitem__(self, position: int) -> TrainingSample:
+        if not 0 <= position < len(self):
+            raise IndexError(f"sample {position} out of range 0..{len(self) - 1}")
+        failed: list[str] = []
+        last_error: Exception | None = None
         for attempt in range(MAX_REPLACEMENTS):
             pos = (position + attempt) % len(self)
             bag, frame_pos = self._positions[pos]
-            source = f"{self.indexes[bag].path.name}#{frame_pos}"
+            bag_name = self.indexes[bag].path.name
+            source = f"{bag_name}#{frame_pos}"
             try:
                 frame = self.loaders[bag].load(frame_pos)
                 rng = np.random.default_rng([self.seed, self.epoch, pos])
-                return build_sample(
-                    frame, self.config, rng, train=self.train, superpixels=self.superpixels, source=source
+                sample = build_sample(
+                    frame,
+                    self.config,
+                    rng,
+                    train=self.train,
+                    superpixels=self.superpixels,
+                    source=source,
+                    bag=bag_name,
                 )
-            except LidarSslError as err:
-                self.failures[type(err).__name__] += 1
+            except Exception as err:  # one bad frame must not end a long job: replace it, report it
                 log.warning("skipping frame %s (replaced by the next one): %s", source, err)
+                failed.append(source)
+                last_error = err
+                continue
+            return replace(sample, replaced=tuple(failed)) if failed else sample
         raise DatasetError(
-            f"{MAX_REPLACEMENTS} consecutive frames from position {position} could not be loaded; see the log"
-        )
+            f"{MAX_REPLACEMENTS} consecutive frames could not be loaded ({', '.join(failed)}); last error: "
+            f"{last_error}"
+        ) from last_error
 
 
 def collate(samples: Sequence[TrainingSample]) -> dict[str, Any]:
@@ -134,6 +165,7 @@ def collate(samples: Sequence[TrainingSample]) -> dict[str, Any]:
         "pairing_voxels": torch.from_numpy(np.concatenate(pair_vox)),
         "pairing_images": torch.from_numpy(np.concatenate(pair_img)),
         "sources": [s.source for s in samples],
+        "replaced": [r for s in samples for r in s.replaced],  # frames that failed and were skipped
     }
     if len(labels) == len(samples):
         batch["labels"] = torch.from_numpy(np.concatenate(labels))
@@ -144,7 +176,10 @@ def collate(samples: Sequence[TrainingSample]) -> dict[str, Any]:
 
 
 def _worker_init(worker_id: int) -> None:
-    torch.set_num_threads(1)  # workers decode and augment; the training process owns the cores' BLAS
+    # workers decode and augment one sample each; the training process owns the cores' BLAS threads.
+    # (cv2.setNumThreads is deliberately not called here: reconfiguring OpenCV's thread pool in a forked
+    # child whose parent already used it deadlocks.)
+    torch.set_num_threads(1)
 
 
 def make_loader(dataset: PairedBagDataset, *, shuffle: bool, drop_last: bool = False) -> DataLoader[Any]:

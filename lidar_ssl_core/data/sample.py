@@ -43,6 +43,7 @@ class TrainingSample:
     cameras: tuple[str, ...]  # (C,)
     stamp_ns: int
     source: str  # "<bag>#<frame position>", for logs and debugging
+    replaced: tuple[str, ...] = ()  # frames that failed to load and were replaced by this one
 
     @property
     def pair_voxels(self) -> npt.NDArray[np.int64]:
@@ -66,14 +67,22 @@ def build_sample(
     train: bool,
     superpixels: SuperpixelSource | None,
     source: str = "",
+    bag: str = "",
 ) -> TrainingSample:
-    """Turn a frame into a sample (random augmentations when ``train``, else the validation resize)."""
+    """Turn a frame into a sample (random augmentations when ``train``, else the validation resize).
+
+    Superpixels are asked for under the key ``<bag>/<camera>`` and the image stamp, so caches and
+    external masks of different bags never collide (stamps alone repeat across recordings).
+    """
     pairs, _ = frame.project(config.projection.min_depth_m)
     cloud = frame.cloud
     sp_maps = None
     if superpixels is not None:
         sp_maps = tuple(
-            np.asarray(superpixels(img.image, camera=name, stamp_ns=img.stamp_ns), dtype=np.int32)
+            np.asarray(
+                superpixels(img.image, camera=f"{bag}/{name}" if bag else name, stamp_ns=img.stamp_ns),
+                dtype=np.int32,
+            )
             for name, img in zip(frame.cameras, frame.images, strict=True)
         )
     paired = PairedSample(

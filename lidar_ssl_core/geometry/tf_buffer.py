@@ -76,6 +76,17 @@ class TransformBuffer:
         self._edges: dict[str, _Edge] = {}
         self._lock = threading.RLock()
 
+    def __getstate__(self) -> dict[str, object]:
+        # the lock cannot be pickled (DataLoader workers under spawn/forkserver receive a pickled copy)
+        with self._lock:
+            state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     # ------------------------------------------------------------------ insertion
     def add(self, transform: StampedTransform, static: bool) -> None:
         """Insert one transform (``matrix`` maps ``child`` points into ``parent``); any order of stamps."""
