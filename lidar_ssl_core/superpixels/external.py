@@ -1,7 +1,9 @@
 """Superpixels made elsewhere (e.g. SAM masks), read from files.
 
 Convention: ``<mask_dir>/<camera>/<stamp_ns>.png`` (8- or 16-bit label image) or ``.npy`` (integer
-array, loaded without pickle). Ids are relabelled to 0..K-1; a mask must have the image's size.
+array, loaded without pickle), where the training dataset asks with camera = ``<bag name>/<camera>``,
+i.e. ``<mask_dir>/<bag>/<camera>/<image stamp ns>.png``. Ids are relabelled to 0..K-1; a mask must
+have the size of the decoded image.
 """
 
 from __future__ import annotations

@@ -12,6 +12,12 @@ from lidar_ssl_core.superpixels.external import external_mask_path, load_externa
 from lidar_ssl_core.superpixels.fast import slic_fast
 from lidar_ssl_core.superpixels.reference import slic_reference
 
+_ALGORITHM_VERSION = {
+    SuperpixelMethod.SLIC: "skimage",
+    SuperpixelMethod.FAST: "fast-v1",
+    SuperpixelMethod.EXTERNAL: "file",
+}
+
 
 class Superpixelizer:
     """``labels = Superpixelizer(cfg)(rgb, camera=..., stamp_ns=...)``; picklable (holds only settings)."""
@@ -20,14 +26,19 @@ class Superpixelizer:
         if config.method is SuperpixelMethod.EXTERNAL and config.mask_dir is None:
             raise ConfigError("data.superpixels.method 'external' needs data.superpixels.mask_dir")
         self.config = config
-        settings = f"{config.method.value}:{config.n_segments}:{config.compactness}:{config.sigma}"
+        # the algorithm version is part of the key: a changed fast path never reads stale entries
+        settings = (
+            f"{config.method.value}:{_ALGORITHM_VERSION[config.method]}:"
+            f"{config.n_segments}:{config.compactness}:{config.sigma}"
+        )
         use_cache = config.cache_dir is not None and config.method is not SuperpixelMethod.EXTERNAL
         self.cache = SuperpixelCache(config.cache_dir, settings) if use_cache and config.cache_dir else None
 
     def __call__(self, rgb: npt.NDArray[np.uint8], *, camera: str, stamp_ns: int) -> npt.NDArray[np.int32]:
         cfg = self.config
         if cfg.method is SuperpixelMethod.EXTERNAL:
-            assert cfg.mask_dir is not None  # checked in __init__
+            if cfg.mask_dir is None:  # unreachable: checked in __init__; keeps the type checker honest
+                raise ConfigError("data.superpixels.method 'external' needs data.superpixels.mask_dir")
             return load_external_mask(external_mask_path(cfg.mask_dir, camera, stamp_ns), rgb.shape[:2])
         shape = (int(rgb.shape[0]), int(rgb.shape[1]))
         if self.cache is not None:

@@ -124,7 +124,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_frames": 20,
         "image_width": 1600,
         "image_height": 900,
-        "azimuth_resolution_deg": 0.33,
+        "azimuth_resolution_deg": 0.29,  # ~34.5k returns per sweep, like nuScenes' 34.7k
     },
     "tiny": {
         "n_frames": 2,
