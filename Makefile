@@ -33,6 +33,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_superpixels.py
 	$(PY) benchmarks/bench_dataset.py
+	$(PY) benchmarks/bench_hot_paths.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -71,8 +71,13 @@ class Surface:
     size: F64  # (K, 3) size of the primitive hit (zeros for the ground)
 
 
-def _pairs(origin: F64, axis: F64, cos_half: F64, tiling: Tiling, prims: Primitives) -> tuple[I64, I64]:
-    """(sorted-ray index, primitive index) of every ray whose tile cone meets the primitive's sphere."""
+def _pairs(
+    origin: F64, axis: F64, cos_half: F64, tile_far: F64, tiling: Tiling, prims: Primitives
+) -> tuple[I64, I64]:
+    """(sorted-ray index, primitive index) of every ray whose tile cone meets the primitive's sphere.
+
+    ``tile_far`` is the farthest hit found so far in each tile: a primitive entirely beyond it is hidden.
+    """
     c, r = prims.bounding_spheres()
     v = c - origin
     d = np.linalg.norm(v, axis=1)
@@ -83,6 +88,7 @@ def _pairs(origin: F64, axis: F64, cos_half: F64, tiling: Tiling, prims: Primiti
     lim = np.minimum(half[:, None] + alpha[None, :], np.pi)
     hit = (axis @ vhat.T) >= np.cos(lim)
     hit |= inside[None, :]
+    hit &= (d - r)[None, :] < tile_far[:, None]
     ti, mi = np.nonzero(hit)
     cnt = tiling.count[ti]
     total = int(cnt.sum())
@@ -95,27 +101,33 @@ def _pairs(origin: F64, axis: F64, cos_half: F64, tiling: Tiling, prims: Primiti
 
 def _intersect(kind: Kind, o: F64, d: F64, prims: Primitives, m: I64) -> F64:
     """Entry distance of each (ray dir d[i], primitive m[i]) pair from origin o; inf where missed."""
-    size = prims.size[m]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if kind == Kind.BOX:
             cy, sy = np.cos(prims.yaw), np.sin(prims.yaw)
             rel = o - prims.center
-            lo = np.stack([cy * rel[:, 0] + sy * rel[:, 1], -sy * rel[:, 0] + cy * rel[:, 1], rel[:, 2]], 1)[
-                m
-            ]
-            c, s = cy[m], sy[m]
-            ld = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2]], 1)
-            inv = 1.0 / ld
-            t1 = (-size - lo) * inv
-            t2 = (size - lo) * inv
-            tnear = np.minimum(t1, t2).max(axis=1)
-            tfar = np.maximum(t1, t2).min(axis=1)
+            params = np.stack(
+                [cy * rel[:, 0] + sy * rel[:, 1], -sy * rel[:, 0] + cy * rel[:, 1], rel[:, 2], cy, sy,
+                 prims.size[:, 0], prims.size[:, 1], prims.size[:, 2]],
+                axis=1,
+            )[m]
+            c, s = params[:, 3], params[:, 4]
+            dx, dy = d[:, 0], d[:, 1]
+            local_dirs = (c * dx + s * dy, c * dy - s * dx, d[:, 2])
+            tnear = np.full(len(m), -np.inf)
+            tfar = np.full(len(m), np.inf)
+            for a in range(3):
+                inv = 1.0 / local_dirs[a]
+                lo, half = params[:, a], params[:, 5 + a]
+                ta = (-half - lo) * inv
+                tb = (half - lo) * inv
+                np.maximum(tnear, np.minimum(ta, tb), out=tnear)
+                np.minimum(tfar, np.maximum(ta, tb), out=tfar)
             ok = (tfar >= tnear) & (tnear > _EPS)
             return np.where(ok, tnear, np.inf)
         if kind == Kind.CYLINDER:
             rel = (o - prims.center)[m]
-            rad = size[:, 0]
-            h = size[:, 2]
+            rad = prims.size[m, 0]
+            h = prims.size[m, 2]
             a = d[:, 0] ** 2 + d[:, 1] ** 2
             b = 2.0 * (rel[:, 0] * d[:, 0] + rel[:, 1] * d[:, 1])
             cc = rel[:, 0] ** 2 + rel[:, 1] ** 2 - rad**2
@@ -129,7 +141,7 @@ def _intersect(kind: Kind, o: F64, d: F64, prims: Primitives, m: I64) -> F64:
             cap = np.where((d[:, 2] < 0) & (tc > _EPS) & (px * px + py * py <= rad**2), tc, np.inf)
             return np.minimum(side, cap)
         rel = ((o - prims.center) / prims.size)[m]
-        ds = d / size
+        ds = d / prims.size[m]
         a = (ds * ds).sum(1)
         b = 2.0 * (rel * ds).sum(1)
         cc = (rel * rel).sum(1) - 1.0
@@ -158,16 +170,14 @@ def cast(
     axis = sums / np.linalg.norm(sums, axis=1, keepdims=True)
     tile_of_ray = np.repeat(np.arange(len(tiling.start)), tiling.count)
     cos_half = np.minimum.reduceat((sd * axis[tile_of_ray]).sum(1), tiling.start) - 1e-6
-    for prims in scene:
-        ids = np.flatnonzero(_cull_mask(o, prims, max_range))
-        if ids.size == 0:
-            continue
+    for prims, ids in _near_to_far(o, scene, max_range):
         keep = prims.select(ids)
-        rays, m = _pairs(o, axis, cos_half, tiling, keep)
+        tile_far = np.maximum.reduceat(best, tiling.start)
+        rays, m = _pairs(o, axis, cos_half, tile_far, tiling, keep)
         for s in range(0, len(rays), _PAIR_CHUNK):
             r_c, m_c = rays[s : s + _PAIR_CHUNK], m[s : s + _PAIR_CHUNK]
             t = _intersect(prims.kind, o, sd[r_c], keep, m_c)
-            ok = t <= max_range
+            ok = t < best[r_c]
             r_c, m_c, t = r_c[ok], m_c[ok], t[ok]
             np.minimum.at(best, r_c, t)
             win = t == best[r_c]
@@ -182,9 +192,25 @@ def cast(
     return Hits(out_t, out_k, out_i)
 
 
-def _cull_mask(origin: F64, prims: Primitives, max_range: float) -> npt.NDArray[np.bool_]:
-    c, r = prims.bounding_spheres()
-    return np.asarray(np.linalg.norm(c - origin, axis=1) - r < max_range)
+def _near_to_far(
+    origin: F64, scene: Sequence[Primitives], max_range: float
+) -> list[tuple[Primitives, I64]]:
+    """Primitives within range, in batches of increasing distance (near hits then hide far objects)."""
+    batches: list[tuple[float, int, Primitives, I64]] = []
+    for k, prims in enumerate(scene):
+        c, r = prims.bounding_spheres()
+        near = np.linalg.norm(c - origin, axis=1) - r
+        ids = np.flatnonzero(near < max_range)
+        ids = ids[np.argsort(near[ids], kind="stable")]
+        for lo, hi in _BANDS:
+            sel = ids[(near[ids] >= lo) & (near[ids] < hi)]
+            if sel.size:
+                batches.append((lo, k, prims, sel))
+    batches.sort(key=lambda b: (b[0], b[1]))
+    return [(prims, sel) for _, _, prims, sel in batches]
+
+
+_BANDS = ((-np.inf, 8.0), (8.0, 20.0), (20.0, 45.0), (45.0, np.inf))
 
 
 def surface(origin: npt.ArrayLike, dirs: F64, hits: Hits, scene: Sequence[Primitives]) -> Surface:
