@@ -1,7 +1,7 @@
 """Write a synthetic drive as a bag in the project profile (docs/bag-profile.md).
 
 Topics: ``/tf_static`` (latched extrinsics), ``/tf`` (``map -> base_link`` at every LiDAR and camera
-stamp), ``/lidar/points`` (x y z intensity float32, ring uint16, label uint16, time float32),
+stamp), ``/lidar/points`` (x y z intensity float32, ring uint16, label uint16; no per-point time),
 ``/cameras/<name>/image/compressed`` (JPEG) and ``/cameras/<name>/camera_info``. Log time = header stamp;
 messages are written in stamp order, as a recorder would.
 """
@@ -82,14 +82,17 @@ def _frame_messages(
         "intensity": sweep.intensity,
         "ring": sweep.ring,
         topics.label_field: sweep.label,
-        "time": sweep.time_offset,
+        # no per-point "time": each synthetic sweep is a snapshot at its stamp (already deskewed)
     }
     out: list[tuple[int, str, object]] = [
         (frame.stamp_ns, topics.lidar_topic, make_pointcloud2(ts, columns, frame.stamp_ns, rig.lidar_frame)),
         (frame.stamp_ns, topics.tf_topic, _pose_message(ts, frame.stamp_ns, frame.ego_pose)),
     ]
+    pose_stamps = {frame.stamp_ns}
     for name, cam in frame.cameras.items():
-        out.append((cam.stamp_ns, topics.tf_topic, _pose_message(ts, cam.stamp_ns, cam.ego_pose)))
+        if cam.stamp_ns not in pose_stamps:  # one ego pose per distinct sensor stamp
+            pose_stamps.add(cam.stamp_ns)
+            out.append((cam.stamp_ns, topics.tf_topic, _pose_message(ts, cam.stamp_ns, cam.ego_pose)))
         image = make_compressed_image(
             ts, cam.rgb, cam.stamp_ns, name, fmt="jpeg", quality=config.jpeg_quality
         )

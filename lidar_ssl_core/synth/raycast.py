@@ -18,9 +18,10 @@ import numpy.typing as npt
 from lidar_ssl_core.synth.world import Kind, Primitives
 
 F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
-_EPS = 1e-6
+_EPS = np.float32(1e-4)
 _PAIR_CHUNK = 2_000_000
 
 
@@ -86,7 +87,7 @@ def _pairs(
     alpha = np.arcsin(np.clip(r / np.maximum(d, 1e-9), 0.0, 1.0))
     half = np.arccos(np.clip(cos_half, -1.0, 1.0))
     lim = np.minimum(half[:, None] + alpha[None, :], np.pi)
-    hit = (axis @ vhat.T) >= np.cos(lim)
+    hit = np.einsum("ij,kj->ik", axis, vhat) >= np.cos(lim)  # einsum: no BLAS threads
     hit |= inside[None, :]
     hit &= (d - r)[None, :] < tile_far[:, None]
     ti, mi = np.nonzero(hit)
@@ -99,55 +100,77 @@ def _pairs(
     return rays, np.repeat(mi.astype(np.int64), cnt)
 
 
-def _intersect(kind: Kind, o: F64, d: F64, prims: Primitives, m: I64) -> F64:
-    """Entry distance of each (ray dir d[i], primitive m[i]) pair from origin o; inf where missed."""
+def _params(kind: Kind, o: F64, prims: Primitives) -> F32:
+    """Per-primitive constants of the intersection, one row per quantity (float32, contiguous rows)."""
+    rel = o - prims.center
+    if kind == Kind.BOX:
+        cy, sy = np.cos(prims.yaw), np.sin(prims.yaw)
+        rows = [
+            cy * rel[:, 0] + sy * rel[:, 1],
+            cy * rel[:, 1] - sy * rel[:, 0],
+            rel[:, 2],
+            cy,
+            sy,
+            prims.size[:, 0],
+            prims.size[:, 1],
+            prims.size[:, 2],
+        ]
+    elif kind == Kind.CYLINDER:
+        rows = [rel[:, 0], rel[:, 1], rel[:, 2], prims.size[:, 0], prims.size[:, 2]]
+    else:
+        inv = 1.0 / prims.size
+        rows = [
+            rel[:, 0] * inv[:, 0],
+            rel[:, 1] * inv[:, 1],
+            rel[:, 2] * inv[:, 2],
+            inv[:, 0],
+            inv[:, 1],
+            inv[:, 2],
+        ]
+    return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+
+def _intersect(kind: Kind, params: F32, dirs: tuple[F32, F32, F32], r: I64, m: I64) -> F32:
+    """Entry distance of each (ray r[i], primitive m[i]) pair; inf where missed. float32 throughout."""
+    p = np.take(params, m, axis=1)
+    dx, dy, dz = (np.take(c, r) for c in dirs)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if kind == Kind.BOX:
-            cy, sy = np.cos(prims.yaw), np.sin(prims.yaw)
-            rel = o - prims.center
-            params = np.stack(
-                [cy * rel[:, 0] + sy * rel[:, 1], -sy * rel[:, 0] + cy * rel[:, 1], rel[:, 2], cy, sy,
-                 prims.size[:, 0], prims.size[:, 1], prims.size[:, 2]],
-                axis=1,
-            )[m]
-            c, s = params[:, 3], params[:, 4]
-            dx, dy = d[:, 0], d[:, 1]
-            local_dirs = (c * dx + s * dy, c * dy - s * dx, d[:, 2])
-            tnear = np.full(len(m), -np.inf)
-            tfar = np.full(len(m), np.inf)
-            for a in range(3):
-                inv = 1.0 / local_dirs[a]
-                lo, half = params[:, a], params[:, 5 + a]
+            c, s = p[3], p[4]
+            local_dirs = (c * dx + s * dy, c * dy - s * dx, dz)
+            tnear = np.full(len(m), -np.inf, np.float32)
+            tfar = np.full(len(m), np.inf, np.float32)
+            for ax in range(3):
+                inv = np.float32(1.0) / local_dirs[ax]
+                lo, half = p[ax], p[5 + ax]
                 ta = (-half - lo) * inv
                 tb = (half - lo) * inv
                 np.maximum(tnear, np.minimum(ta, tb), out=tnear)
                 np.minimum(tfar, np.maximum(ta, tb), out=tfar)
             ok = (tfar >= tnear) & (tnear > _EPS)
-            return np.where(ok, tnear, np.inf)
+            return np.where(ok, tnear, np.float32(np.inf))
         if kind == Kind.CYLINDER:
-            rel = (o - prims.center)[m]
-            rad = prims.size[m, 0]
-            h = prims.size[m, 2]
-            a = d[:, 0] ** 2 + d[:, 1] ** 2
-            b = 2.0 * (rel[:, 0] * d[:, 0] + rel[:, 1] * d[:, 1])
-            cc = rel[:, 0] ** 2 + rel[:, 1] ** 2 - rad**2
-            disc = b * b - 4 * a * cc
-            ts = (-b - np.sqrt(disc)) / (2 * a)
-            zs = rel[:, 2] + ts * d[:, 2]
-            side = np.where((disc >= 0) & (ts > _EPS) & (zs >= 0) & (zs <= h), ts, np.inf)
-            tc = (h - rel[:, 2]) / d[:, 2]
-            px = rel[:, 0] + tc * d[:, 0]
-            py = rel[:, 1] + tc * d[:, 1]
-            cap = np.where((d[:, 2] < 0) & (tc > _EPS) & (px * px + py * py <= rad**2), tc, np.inf)
+            rx, ry, rz, rad, h = p
+            a = dx * dx + dy * dy
+            b = rx * dx + ry * dy  # half of the usual b
+            cc = rx * rx + ry * ry - rad * rad
+            disc = b * b - a * cc
+            ts = (-b - np.sqrt(disc)) / a
+            zs = rz + ts * dz
+            side = np.where((disc >= 0) & (ts > _EPS) & (zs >= 0) & (zs <= h), ts, np.float32(np.inf))
+            tc = (h - rz) / dz
+            px = rx + tc * dx
+            py = ry + tc * dy
+            cap = np.where((dz < 0) & (tc > _EPS) & (px * px + py * py <= rad * rad), tc, np.float32(np.inf))
             return np.minimum(side, cap)
-        rel = ((o - prims.center) / prims.size)[m]
-        ds = d / prims.size[m]
-        a = (ds * ds).sum(1)
-        b = 2.0 * (rel * ds).sum(1)
-        cc = (rel * rel).sum(1) - 1.0
-        disc = b * b - 4 * a * cc
-        t = (-b - np.sqrt(disc)) / (2 * a)
-        return np.where((disc >= 0) & (t > _EPS), t, np.inf)
+        rx, ry, rz = p[0], p[1], p[2]
+        ex, ey, ez = dx * p[3], dy * p[4], dz * p[5]
+        a = ex * ex + ey * ey + ez * ez
+        b = rx * ex + ry * ey + rz * ez
+        cc = rx * rx + ry * ry + rz * rz - 1.0
+        disc = b * b - a * cc
+        t = (-b - np.sqrt(disc)) / a
+        return np.where((disc >= 0) & (t > _EPS), t, np.float32(np.inf))
 
 
 def cast(
@@ -170,13 +193,17 @@ def cast(
     axis = sums / np.linalg.norm(sums, axis=1, keepdims=True)
     tile_of_ray = np.repeat(np.arange(len(tiling.start)), tiling.count)
     cos_half = np.minimum.reduceat((sd * axis[tile_of_ray]).sum(1), tiling.start) - 1e-6
+    dcols = tuple(np.ascontiguousarray(sd[:, a], dtype=np.float32) for a in range(3))
     for prims, ids in _near_to_far(o, scene, max_range):
         keep = prims.select(ids)
+        params = _params(prims.kind, o, keep)
         tile_far = np.maximum.reduceat(best, tiling.start)
         rays, m = _pairs(o, axis, cos_half, tile_far, tiling, keep)
         for s in range(0, len(rays), _PAIR_CHUNK):
             r_c, m_c = rays[s : s + _PAIR_CHUNK], m[s : s + _PAIR_CHUNK]
-            t = _intersect(prims.kind, o, sd[r_c], keep, m_c)
+            t32 = _intersect(prims.kind, params, dcols, r_c, m_c)  # type: ignore[arg-type]
+            got = np.flatnonzero(t32 <= max_range)
+            r_c, m_c, t = r_c[got], m_c[got], t32[got].astype(np.float64)
             ok = t < best[r_c]
             r_c, m_c, t = r_c[ok], m_c[ok], t[ok]
             np.minimum.at(best, r_c, t)
@@ -192,9 +219,7 @@ def cast(
     return Hits(out_t, out_k, out_i)
 
 
-def _near_to_far(
-    origin: F64, scene: Sequence[Primitives], max_range: float
-) -> list[tuple[Primitives, I64]]:
+def _near_to_far(origin: F64, scene: Sequence[Primitives], max_range: float) -> list[tuple[Primitives, I64]]:
     """Primitives within range, in batches of increasing distance (near hits then hide far objects)."""
     batches: list[tuple[float, int, Primitives, I64]] = []
     for k, prims in enumerate(scene):

@@ -123,7 +123,7 @@ class CameraModel:
         noise_std: float,
     ) -> CameraRender:
         h, w = self.intrinsics.height, self.intrinsics.width
-        dirs = self.dirs_cam @ T_map_cam[:3, :3].T
+        dirs = np.einsum("ij,kj->ik", self.dirs_cam, T_map_cam[:3, :3])
         origin = T_map_cam[:3, 3]
         scene = world.primitives_at(t_s)
         hits = cast(origin, dirs, self.tiling, scene, max_range)
@@ -180,7 +180,7 @@ class LidarModel:
 
     def scan(self, world: World, T_map_lidar: F64, t_s: float, rng: np.random.Generator) -> LidarSweep:
         cfg = self.cfg
-        dirs = self.dirs_lidar @ T_map_lidar[:3, :3].T
+        dirs = np.einsum("ij,kj->ik", self.dirs_lidar, T_map_lidar[:3, :3])
         origin = T_map_lidar[:3, 3]
         scene = world.primitives_at(t_s)
         hits = cast(origin, dirs, self.tiling, scene, cfg.lidar_max_range_m)

@@ -213,7 +213,7 @@ SKY_ZENITH = np.array([0.33, 0.52, 0.82])
 
 def shade(albedo: F32, normal: F64, distance: F64) -> F64:
     """Lambertian sun + ambient sky light, with distance haze towards the horizon colour."""
-    lambert = np.maximum(normal @ SUN_DIRECTION, 0.0)
+    lambert = np.maximum(np.einsum("ij,j->i", normal, SUN_DIRECTION), 0.0)
     light = 0.36 + 0.62 * lambert + 0.08 * normal[:, 2]
     col = albedo * light[:, None]
     haze = (1.0 - np.exp(-distance / 350.0))[:, None]
