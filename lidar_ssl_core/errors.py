@@ -88,3 +88,7 @@ class SuperpixelError(LidarSslError):
 
 class DatasetError(LidarSslError):
     """A dataset cannot be built (no usable frame, inconsistent bags)."""
+
+
+class LossInputError(LidarSslError, ValueError):
+    """Tensors given to a loss have inconsistent shapes, dtypes or values (the message names them)."""

@@ -1,0 +1,38 @@
+"""Image-to-LiDAR pretraining losses: PPKT, SLidR and ST-SLidR (pure torch, any device)."""
+
+from __future__ import annotations
+
+from lidar_ssl_core.errors import LossInputError
+from lidar_ssl_core.losses.infonce import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE, infonce, sample_pairs
+from lidar_ssl_core.losses.ppkt import gather_pixel_features, ppkt_loss
+from lidar_ssl_core.losses.slidr import PooledSuperpixels, pool_image_features, pool_superpixels, slidr_loss
+from lidar_ssl_core.losses.st_slidr import (
+    STForm,
+    Tolerance,
+    class_agnostic_weights,
+    semantically_tolerant_loss,
+    st_ppkt_loss,
+    st_slidr_loss,
+    teacher_similarity,
+)
+
+__all__ = [
+    "DEFAULT_NUM_MATCHES",
+    "DEFAULT_TEMPERATURE",
+    "LossInputError",
+    "PooledSuperpixels",
+    "STForm",
+    "Tolerance",
+    "class_agnostic_weights",
+    "gather_pixel_features",
+    "infonce",
+    "pool_image_features",
+    "pool_superpixels",
+    "ppkt_loss",
+    "sample_pairs",
+    "semantically_tolerant_loss",
+    "slidr_loss",
+    "st_ppkt_loss",
+    "st_slidr_loss",
+    "teacher_similarity",
+]

@@ -1,0 +1,109 @@
+"""Shared pieces of the image-to-LiDAR contrastive losses: input checks, InfoNCE, pair sampling.
+
+Conventions (all losses): anchors are the **point** (voxel) embeddings ``q`` (rows), targets the **pixel**
+embeddings ``k`` (columns), as in the SLidR code's ``CrossEntropy((k q^T)/tau, arange)`` with point features
+first. Everything is vectorised torch, device- and dtype-agnostic.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lidar_ssl_core.errors import LossInputError
+
+DEFAULT_TEMPERATURE = 0.07  # SLidR / ST-SLidR code (NCE_temperature)
+DEFAULT_NUM_MATCHES = 4096  # PPKT pairs per batch (num_matches)
+
+
+def check_features(name: str, x: torch.Tensor, dim: int | None = None) -> None:
+    """Raise LossInputError unless ``x`` is a floating (N, F) matrix (with F == ``dim`` when given)."""
+    if x.ndim != 2 or not x.is_floating_point():
+        raise LossInputError(f"{name} must be a floating (N, F) tensor, got shape {tuple(x.shape)} {x.dtype}")
+    if dim is not None and x.shape[1] != dim:
+        raise LossInputError(
+            f"{name} has feature size {x.shape[1]} but {dim} was expected (shape {tuple(x.shape)})"
+        )
+
+
+def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Raise LossInputError unless ``a`` and ``b`` have the same shape (paired rows)."""
+    if a.shape != b.shape:
+        raise LossInputError(
+            f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} must have the same shape"
+            " (row i pairs row i)"
+        )
+
+
+def check_index(name: str, idx: torch.Tensor, size: int, axis_name: str) -> None:
+    """Raise LossInputError unless ``idx`` is an integer vector of valid indices into ``size`` rows."""
+    if idx.ndim != 1 or idx.is_floating_point() or idx.dtype == torch.bool:
+        raise LossInputError(
+            f"{name} must be an integer (P,) tensor, got shape {tuple(idx.shape)} {idx.dtype}"
+        )
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+        raise LossInputError(
+            f"{name} indexes {axis_name} in [{int(idx.min())}, {int(idx.max())}] but there are only {size}"
+        )
+
+
+def infonce_per_anchor(logits: torch.Tensor) -> torch.Tensor:
+    """Per-anchor InfoNCE ``-log softmax(logits_i)_i`` of an (M, M) logit matrix (positives on the diagonal).
+
+    ``-inf`` entries are removed negatives (they get zero weight and zero gradient).
+    """
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def infonce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    temperature: float = DEFAULT_TEMPERATURE,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In-batch InfoNCE ``L = -(1/M) sum_i log( exp(<q_i,k_i>/tau) / sum_j exp(<q_i,k_j>/tau) )``.
+
+    ``q`` (M, F) anchors (points), ``k`` (M, F) positives (pixels); row i of each form a positive pair and
+    every other row of ``k`` is a negative. The denominator includes the positive. With ``weights`` (M,) the
+    mean is replaced by ``sum_i w_i L_i / sum_i w_i``. Features are used as given (normalise them beforehand).
+    """
+    check_features("q", q)
+    check_features("k", k)
+    check_same_shape("q", q, "k", k)
+    if temperature <= 0:
+        raise LossInputError(f"temperature must be > 0, got {temperature}")
+    per_anchor = infonce_per_anchor(q @ k.T / temperature)
+    return reduce_weighted(per_anchor, weights)
+
+
+def reduce_weighted(per_anchor: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``per_anchor`` or, with weights, ``sum w_i L_i / sum w_i`` (0 when the weights sum to 0)."""
+    if weights is None:
+        return per_anchor.mean()
+    if weights.shape != per_anchor.shape:
+        raise LossInputError(
+            f"weights {tuple(weights.shape)} must match the anchors {tuple(per_anchor.shape)}"
+        )
+    total = weights.sum()
+    return (weights * per_anchor).sum() / torch.where(total != 0, total, torch.ones_like(total))
+
+
+def sample_pairs(
+    num_pairs: int,
+    num_matches: int = DEFAULT_NUM_MATCHES,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Indices of ``min(num_matches, num_pairs)`` pairs drawn uniformly without replacement (PPKT sampling).
+
+    The permutation is drawn on the generator's device (CPU by default) and moved to ``device``, so a seeded
+    CPU generator gives the same pairs whatever device the features are on.
+    """
+    if num_matches <= 0:
+        raise LossInputError(f"num_matches must be > 0, got {num_matches}")
+    if num_pairs <= 0:
+        raise LossInputError("there are no point-pixel pairs to sample from (num_pairs == 0)")
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    perm = torch.randperm(num_pairs, generator=generator, device=gen_device)[:num_matches]
+    return perm.to(device) if device is not None else perm
