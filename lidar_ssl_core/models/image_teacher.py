@@ -1,0 +1,158 @@
+"""The frozen 2D teacher of image-to-LiDAR distillation (SLidR's ``DilationFeatureExtractor`` / PPKT).
+
+A self-supervised ResNet-50 is loaded from a user-given file and frozen; only a 1x1 projection head is
+trained. The module enforces its own frozenness (docs style item 9): parameters never require grad, the
+backbone runs under ``no_grad`` and always in ``eval`` (BN statistics frozen), ``train()`` only reaches
+the head, and tampering (re-enabling grads or train mode on the backbone) is refused at the next forward.
+
+Input images are RGB, (B, 3, H, W), either ``uint8`` in [0, 255] or floating point in [0, 1]; ImageNet
+mean/std normalisation happens inside. Outputs are exactly aligned with the input pixels when H and W are
+multiples of the output stride (4 dilated, 32 strided), as in the reference crops (224x416).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from lidar_ssl_core.errors import ConfigError, LidarSslError
+from lidar_ssl_core.models.checkpoints import CheckpointLayout, load_backbone_weights
+from lidar_ssl_core.models.resnet import ResNet, resnet50
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Slack on the [0, 1] check for float input (resampling can overshoot by a little).
+_RANGE_TOL = 1e-3
+
+
+class FrozenTeacherError(LidarSslError):
+    """Someone tried to train the frozen backbone (grads re-enabled or train mode forced on it)."""
+
+
+class TeacherConfig(BaseModel):
+    """The 2D teacher: backbone, form, weights file and projection size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    arch: Literal["resnet50"] = Field("resnet50", description="2D backbone architecture")
+    form: Literal["dilated", "strided"] = Field(
+        "dilated",
+        description="dilated: strides of layer2..4 replaced by dilation, output stride 4 (SLidR); "
+        "strided: plain ResNet, output stride 32 (PPKT)",
+    )
+    weights: Path | None = Field(
+        None,
+        description="self-supervised checkpoint file (never downloaded); None = random init (tests only)",
+    )
+    layout: CheckpointLayout = Field("auto", description="checkpoint key layout; auto-detected by default")
+    container: str | None = Field(None, description="override: top-level key that holds the state dict")
+    prefix: str | None = Field(None, description="override: key prefix of the backbone tensors, stripped")
+    out_dim: int = Field(64, gt=0, description="channels of the projected per-pixel features (F)")
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> TeacherConfig:
+        if self.weights is not None and not self.weights.is_file():
+            raise ValueError(f"teacher weights file {self.weights} does not exist")
+        return self
+
+
+class TeacherOutput(NamedTuple):
+    """``pixel_features``: (B, out_dim, H, W) unit vectors; ``backbone_features``: (B, 2048, h, w) raw map."""
+
+    pixel_features: torch.Tensor
+    backbone_features: torch.Tensor
+
+
+class ImageTeacher(nn.Module):
+    """Frozen ResNet-50 + trainable 1x1 conv, bilinear upsampling (align_corners=True) and l2 norm."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, config: TeacherConfig | None = None, *, student_dim: int | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else TeacherConfig()
+        if student_dim is not None and student_dim != self.config.out_dim:
+            raise ConfigError(
+                f"teacher out_dim {self.config.out_dim} != student feature size {student_dim}; "
+                "set teacher.out_dim to the student's output channels"
+            )
+        self.backbone: ResNet = resnet50(dilated=self.config.form == "dilated", include_fc=False)
+        if self.config.weights is not None:
+            load_backbone_weights(
+                self.backbone,
+                self.config.weights,
+                layout=self.config.layout,
+                container=self.config.container,
+                prefix=self.config.prefix,
+            )
+        else:
+            logger.warning("ImageTeacher has no weights file: the frozen backbone is randomly initialised")
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        self.output_stride: int = self.backbone.output_stride
+        self.head = nn.Conv2d(self.backbone.out_channels, self.config.out_dim, kernel_size=1)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> ImageTeacher:
+        """Only the head follows ``mode``; the backbone stays in eval so its BN statistics never move."""
+        self.training = mode
+        self.head.train(mode)
+        self.backbone.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The head's parameters: what an optimiser should receive."""
+        return list(self.head.parameters())
+
+    def _check_frozen(self) -> None:
+        if any(p.requires_grad for p in self.backbone.parameters()):
+            raise FrozenTeacherError(
+                "the teacher backbone has parameters with requires_grad=True; it must stay frozen "
+                "(give the optimiser teacher.trainable_parameters(); "
+                "do not call requires_grad_ on the teacher)"
+            )
+        if any(m.training for m in self.backbone.modules()):
+            raise FrozenTeacherError(
+                "the teacher backbone was put in train mode, which would update its BN statistics; "
+                "call teacher.train()/eval() on the teacher itself, not on teacher.backbone"
+            )
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [0, 255] or float [0, 1] RGB -> ImageNet-normalised float32."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ConfigError(f"teacher input must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            x = images.float() / 255.0
+        elif images.is_floating_point():
+            x = images.float()
+            lo, hi = float(x.min()), float(x.max())
+            if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
+                raise ConfigError(
+                    f"float teacher input must be in [0, 1], got [{lo:.3f}, {hi:.3f}]; pass uint8 images or "
+                    "divide by 255 (do not normalise them yourself: the teacher applies ImageNet mean/std)"
+                )
+        else:
+            raise ConfigError(f"teacher input must be uint8 or floating point, got {images.dtype}")
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> TeacherOutput:
+        """Images (B, 3, H, W) -> unit per-pixel features (B, out_dim, H, W) and the 2048-d backbone map."""
+        self._check_frozen()
+        height, width = images.shape[-2:]
+        with torch.no_grad():
+            feats = self.backbone(self.normalize(images))
+        projected = self.head(feats)
+        # Same as the reference's Upsample(scale_factor=stride, align_corners=True) when H, W are multiples
+        # of the stride; aligning to the input size keeps one feature per pixel otherwise.
+        upsampled = F.interpolate(projected, size=(height, width), mode="bilinear", align_corners=True)
+        return TeacherOutput(F.normalize(upsampled, p=2, dim=1), feats)
