@@ -175,7 +175,7 @@ def collate(samples: Sequence[TrainingSample]) -> dict[str, Any]:
     return batch
 
 
-def _worker_init(worker_id: int) -> None:
+def worker_init(worker_id: int) -> None:
     # workers decode and augment one sample each; the training process owns the cores' BLAS threads.
     # (cv2.setNumThreads is deliberately not called here: reconfiguring OpenCV's thread pool in a forked
     # child whose parent already used it deadlocks.)
@@ -194,7 +194,7 @@ def make_loader(dataset: PairedBagDataset, *, shuffle: bool, drop_last: bool = F
         num_workers=cfg.num_workers,
         collate_fn=collate,
         drop_last=drop_last,
-        worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
+        worker_init_fn=worker_init if cfg.num_workers > 0 else None,
         persistent_workers=cfg.num_workers > 0,
         generator=generator,
     )
