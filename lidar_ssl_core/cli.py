@@ -29,7 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see docs/config.md)")]
 BagsOption = Annotated[
@@ -247,5 +247,60 @@ def config_cmd(
 
     try:
         typer.echo(config_reference_markdown() if markdown else dump_config(_load(config, None)), nl=False)
+    except LidarSslError as err:
+        raise _fail(err) from err
+
+
+@app.command()
+def pretrain(
+    method: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="ppkt | slidr | st-slidr | st-ppkt (default: config pretrain.method)"),
+    ] = None,
+    bags: BagsOption = None,
+    config: ConfigOption = None,
+    epochs: Annotated[Optional[int], typer.Option(help="epochs (default: config)")] = None,  # noqa: UP045
+    max_steps: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="stop after this many steps in this call (a later call resumes)"),
+    ] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="run folder (checkpoints, config)")] = None,  # noqa: UP045
+    resume: Annotated[bool, typer.Option(help="continue from run_dir/ckpt_last.pt when present")] = True,
+) -> None:
+    """Pretrain the 3D backbone by distilling the frozen image teacher (default: the embedded bag)."""
+    from lidar_ssl_core.config import dump_config
+    from lidar_ssl_core.train.pretrain import build_pretraining
+
+    try:
+        overrides: dict[str, object] = {}
+        if method is not None:
+            overrides["pretrain.method"] = method
+        if epochs is not None:
+            overrides["pretrain.epochs"] = epochs
+        if run_dir is not None:
+            overrides["pretrain.run_dir"] = str(run_dir)
+        cfg = _load(config, bags, overrides)
+        folder = Path(cfg.pretrain.run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text(dump_config(cfg))
+        trainer = build_pretraining(cfg.pretrain, cfg.data)
+        if resume and trainer.resume():
+            console.print(f"resumed from {trainer.checkpoint_path}")
+        start = time.perf_counter()
+        stop = None if max_steps is None else trainer.global_step + max_steps  # steps of this call
+        result = trainer.fit(max_steps=stop)
+        elapsed = time.perf_counter() - start
+        if not result.finished:
+            trainer.save()  # stopped by --max-steps: the next call resumes from here
+        losses = result.losses
+        if losses:
+            k = max(1, len(losses) // 10)
+            first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+            console.print(
+                f"{len(losses)} steps in {elapsed:.0f} s; "
+                f"loss {first:.3f} (mean of first {k}) -> {last:.3f} (mean of last {k}); "
+                f"epoch {result.epoch}, step {result.global_step}, finished: {result.finished}"
+            )
+        console.print(f"checkpoint: {trainer.checkpoint_path}")
     except LidarSslError as err:
         raise _fail(err) from err

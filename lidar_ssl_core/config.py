@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lidar_ssl_core.errors import ConfigError
+from lidar_ssl_core.train.config import PretrainConfig
 
 
 class _Section(BaseModel):
@@ -157,6 +158,7 @@ class Config(_Section):
 
     seed: int = Field(0, description="seed for every random choice (augmentations, splits, sampling)")
     data: DataConfig = DataConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

@@ -41,3 +41,25 @@ def test_synth_refuses_to_overwrite(tmp_path: Path) -> None:
     out.mkdir()
     result = runner.invoke(app, ["synth", "--out", str(out), "--preset", "tiny"])
     assert result.exit_code == 1 and "exists" in result.output
+
+
+def test_pretrain_runs_and_resumes_on_the_embedded_bag(tmp_path: Path) -> None:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "data:\n  loader:\n    batch_size: 1\n    num_workers: 0\n"
+        "pretrain:\n  epochs: 1\n  backbone:\n    preset: tiny\n  teacher:\n    form: strided\n"
+    )
+    run = tmp_path / "run"
+    args = ["pretrain", "--config", str(cfg), "--run-dir", str(run), "--max-steps", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 steps" in result.output and (run / "ckpt_last.pt").is_file()
+    assert "backbone" in (run / "config.yaml").read_text()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "resumed from" in result.output and "step 4" in result.output
+
+
+def test_pretrain_rejects_an_unknown_method(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pretrain", "--method", "byol", "--run-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "pretrain.method" in result.output
