@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 
 from lidar_ssl_core import __version__
 from lidar_ssl_core.errors import LidarSslError
+
+if TYPE_CHECKING:
+    from lidar_ssl_core.config import Config
 from lidar_ssl_core.synth.bagfile import Distro, Storage
 
 app = typer.Typer(
@@ -65,7 +68,7 @@ def _fail(err: LidarSslError) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _load(config: Path | None, bags: list[Path] | None, overrides: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+def _load(config: Path | None, bags: list[Path] | None, overrides: dict[str, object] | None = None) -> Config:
     from lidar_ssl_core.config import load_config
 
     values = dict(overrides or {})

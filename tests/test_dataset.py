@@ -71,7 +71,7 @@ def test_pairs_land_on_pixels_of_the_same_class(synth_bag: Path, synth_cfg: Any)
             frame = loader.load(pos)
             gt = truth[pos]
             assert frame.cloud.stamp_ns == gt.stamp_ns
-            pairs, _ = frame.project(1.0)
+            pairs = frame.project(1.0)
             for c, name in enumerate(frame.cameras):
                 sel = pairs.camera_index == c
                 semantic = gt.cameras[name].semantic

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from lidar_ssl_core.bag.reader import BagReader
 from lidar_ssl_core.data.bag_index import BagIndex, FrameRef
 from lidar_ssl_core.errors import BagReadError, DatasetError, MessageError
-from lidar_ssl_core.geometry.projection import Projection, project_cloud
+from lidar_ssl_core.geometry.projection import project_cloud
 from lidar_ssl_core.msg.image import compressed_to_rgb, image_to_rgb
 from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud
 from lidar_ssl_core.types import CameraImage, CameraIntrinsics, PointCloud, PointPixelPairs
@@ -40,22 +40,21 @@ class Frame:
     intrinsics: tuple[CameraIntrinsics, ...]  # of the decoded images (scaled when decoded smaller)
     T_cam_lidar: tuple[npt.NDArray[np.float64], ...]  # (4, 4) each
 
-    def project(self, min_depth: float) -> tuple[PointPixelPairs, list[Projection]]:
+    def project(self, min_depth: float) -> PointPixelPairs:
         """Point-pixel pairs of every camera (a point seen by two cameras is listed twice)."""
         projections = [
             project_cloud(self.cloud.xyz, T, intr, min_depth)
             for T, intr in zip(self.T_cam_lidar, self.intrinsics, strict=True)
         ]
         if not projections:
-            return PointPixelPairs.empty(), projections
-        pairs = PointPixelPairs(
+            return PointPixelPairs.empty()
+        return PointPixelPairs(
             point_index=np.concatenate([p.point_index for p in projections]),
             camera_index=np.concatenate(
                 [np.full(len(p), i, dtype=np.int64) for i, p in enumerate(projections)]
             ),
             pixel=np.concatenate([p.pixel for p in projections]).reshape(-1, 2),
         )
-        return pairs, projections
 
 
 class ReaderPool:

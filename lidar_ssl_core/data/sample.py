@@ -74,7 +74,7 @@ def build_sample(
     Superpixels are asked for under the key ``<bag>/<camera>`` and the image stamp, so caches and
     external masks of different bags never collide (stamps alone repeat across recordings).
     """
-    pairs, _ = frame.project(config.projection.min_depth_m)
+    pairs = frame.project(config.projection.min_depth_m)
     cloud = frame.cloud
     sp_maps = None
     if superpixels is not None:
