@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check "$(TORCH)"
 	$(PIP) install -q --disable-pip-version-check -e '.[dev,ros]'
+	# nuscenes-devkit pins numpy<2 but runs on numpy 2: its dependencies come from the dev extra
+	$(PIP) install -q --disable-pip-version-check --no-deps 'nuscenes-devkit>=1.1'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -34,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_superpixels.py
 	$(PY) benchmarks/bench_dataset.py
 	$(PY) benchmarks/bench_hot_paths.py
+	$(PY) benchmarks/bench_convert.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lidar_ssl_core import __version__
+from lidar_ssl_core.cli_common import ConfigOption, SetOption, console, fail, parse_sets
 from lidar_ssl_core.errors import LidarSslError
 
 if TYPE_CHECKING:
@@ -32,9 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, soft_wrap=True)
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see docs/config.md)")]
 BagsOption = Annotated[
     Optional[list[Path]],  # noqa: UP045
     typer.Option("--bags", "-b", help="bags to read (default: config data.bags, else the embedded sample)"),
@@ -63,9 +62,45 @@ def main(
     )
 
 
-def _fail(err: LidarSslError) -> typer.Exit:
-    typer.echo(f"ERROR: {err}", err=True)  # one unwrapped line, whatever the terminal width
-    return typer.Exit(1)
+class _StepProgress:
+    """A rich progress bar fed by the trainer's per-step statistics (a no-op when disabled)."""
+
+    def __init__(self, total: int, done: int, *, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = (
+            Progress(
+                TextColumn("[bold]pretrain"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+            if enabled
+            else None
+        )
+        self.total, self.done = total, done
+
+    def __enter__(self) -> _StepProgress:
+        if self.progress is not None:
+            self.progress.start()
+            self.task = self.progress.add_task("pretrain", total=self.total, completed=self.done, info="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, stats: Any) -> None:
+        if self.progress is None:
+            return
+        info = (
+            f"epoch {stats.epoch + 1} loss {stats.loss:.3f} lr {stats.lr:.3g} "
+            f"{stats.samples_per_s:.2f} samples/s"
+        )
+        self.progress.update(self.task, completed=stats.global_step, info=info)
 
 
 def _load(config: Path | None, bags: list[Path] | None, overrides: dict[str, object] | None = None) -> Config:
@@ -113,7 +148,7 @@ def info(
                     + (" (zero)" if not intr.is_distorted else "")
                 )
     except LidarSslError as err:
-        raise _fail(err) from err
+        raise fail(err) from err
 
 
 @app.command()
@@ -147,7 +182,7 @@ def synth(
         elapsed = time.perf_counter() - start
         console.print(f"wrote {path} ({cfg.n_frames} sweeps, {size / 1e6:.1f} MB) in {elapsed:.1f} s")
     except LidarSslError as err:
-        raise _fail(err) from err
+        raise fail(err) from err
 
 
 @app.command()
@@ -200,7 +235,7 @@ def samples(
             preview = save_pairs_preview(first_batch, out / "pairs_preview.png")
             console.print(f"preview: {preview}")
     except LidarSslError as err:
-        raise _fail(err) from err
+        raise fail(err) from err
 
 
 class _SampleStats:
@@ -251,7 +286,7 @@ def config_cmd(
     try:
         typer.echo(config_reference_markdown() if markdown else dump_config(_load(config, None)), nl=False)
     except LidarSslError as err:
-        raise _fail(err) from err
+        raise fail(err) from err
 
 
 @app.command()
@@ -262,6 +297,7 @@ def pretrain(
     ] = None,
     bags: BagsOption = None,
     config: ConfigOption = None,
+    sets: SetOption = None,
     epochs: Annotated[Optional[int], typer.Option(help="epochs (default: config)")] = None,  # noqa: UP045
     max_steps: Annotated[
         Optional[int],  # noqa: UP045
@@ -269,13 +305,18 @@ def pretrain(
     ] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="run folder (checkpoints, config)")] = None,  # noqa: UP045
     resume: Annotated[bool, typer.Option(help="continue from run_dir/ckpt_last.pt when present")] = True,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
-    """Pretrain the 3D backbone by distilling the frozen image teacher (default: the embedded bag)."""
+    """Pretrain the 3D backbone by distilling the frozen image teacher (default: the embedded bag).
+
+    Multi-GPU: torchrun --nproc-per-node N -m lidar_ssl_core pretrain ... (batch size is per process).
+    """
     from lidar_ssl_core.config import dump_config
+    from lidar_ssl_core.train.distributed import init_distributed, shutdown_distributed
     from lidar_ssl_core.train.pretrain import build_pretraining
 
     try:
-        overrides: dict[str, object] = {}
+        overrides = parse_sets(sets)
         if method is not None:
             overrides["pretrain.method"] = method
         if epochs is not None:
@@ -283,27 +324,47 @@ def pretrain(
         if run_dir is not None:
             overrides["pretrain.run_dir"] = str(run_dir)
         cfg = _load(config, bags, overrides)
+        dist = init_distributed(cfg.pretrain.device)
         folder = Path(cfg.pretrain.run_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.yaml").write_text(dump_config(cfg))
-        trainer = build_pretraining(cfg.pretrain, cfg.data)
-        if resume and trainer.resume():
-            console.print(f"resumed from {trainer.checkpoint_path}")
-        start = time.perf_counter()
+        if dist.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.yaml").write_text(dump_config(cfg))
+        trainer = build_pretraining(cfg.pretrain, cfg.data, dist=dist)
+        if resume and trainer.resume() and dist.is_main:
+            console.print(f"resumed from {trainer.checkpoint_path} at step {trainer.global_step}")
         stop = None if max_steps is None else trainer.global_step + max_steps  # steps of this call
-        result = trainer.fit(max_steps=stop)
+        total = cfg.pretrain.epochs * len(trainer.loader)
+        if stop is not None:
+            total = min(total, stop)
+        start = time.perf_counter()
+        with _StepProgress(total, trainer.global_step, enabled=progress and dist.is_main) as bar:
+            result = trainer.fit(max_steps=stop, on_step=bar.update)
         elapsed = time.perf_counter() - start
         if not result.finished:
             trainer.save()  # stopped by --max-steps: the next call resumes from here
+        trainer.close()
         losses = result.losses
-        if losses:
+        if losses and dist.is_main:
             k = max(1, len(losses) // 10)
             first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
             console.print(
-                f"{len(losses)} steps in {elapsed:.0f} s; "
+                f"{len(losses)} steps in {elapsed:.0f} s on {dist.world_size} process(es); "
                 f"loss {first:.3f} (mean of first {k}) -> {last:.3f} (mean of last {k}); "
                 f"epoch {result.epoch}, step {result.global_step}, finished: {result.finished}"
             )
-        console.print(f"checkpoint: {trainer.checkpoint_path}")
+        if dist.is_main:
+            console.print(f"checkpoint: {trainer.checkpoint_path}")
+        shutdown_distributed()
     except LidarSslError as err:
-        raise _fail(err) from err
+        raise fail(err) from err
+
+
+def _register_subcommands() -> None:
+    from lidar_ssl_core.convert.cli import convert_app
+    from lidar_ssl_core.downstream.cli import register
+
+    register(app)
+    app.add_typer(convert_app, name="convert")
+
+
+_register_subcommands()

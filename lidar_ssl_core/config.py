@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lidar_ssl_core.downstream.config import DownstreamConfig
 from lidar_ssl_core.errors import ConfigError
 from lidar_ssl_core.train.config import PretrainConfig
 
@@ -159,6 +160,7 @@ class Config(_Section):
     seed: int = Field(0, description="seed for every random choice (augmentations, splits, sampling)")
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    downstream: DownstreamConfig = DownstreamConfig()
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

@@ -164,6 +164,22 @@ def test_full_res16unet34c_matches_spconv(one_thread: None) -> None:
     assert scale > 0.1 and err < 1e-4 * max(1.0, scale), (err, scale)
 
 
+@pytest.mark.parametrize("backend", ["portable", pytest.param("spconv", marks=needs_spconv)])
+def test_head_matmul_is_the_final_conv_of_the_backend(backend: str, one_thread: None) -> None:
+    """``head`` (used by forward, probing and export) must compute exactly what ``final`` computes,
+    including spconv's reshape (not transpose) convention for 1x1 weights."""
+    model = Res16UNet(BackboneConfig(preset="tiny", backend=backend, out_dim=5, normalize=False))  # type: ignore[arg-type]
+    _randomise(model, seed=3)
+    coords = _scene(800, seed=3)
+    feats = torch.randn(len(coords), model.feature_dim)
+    with torch.no_grad():
+        x = model.ops.make_input(coords, feats)
+        by_conv = model.ops.features(model.final(x))
+        by_head = model.head(feats)
+    order = torch.arange(len(coords))  # both keep the input row order
+    torch.testing.assert_close(by_head[order], by_conv, rtol=1e-5, atol=1e-5)
+
+
 @needs_spconv
 def test_state_dicts_identical_across_backends() -> None:
     a = Res16UNet(BackboneConfig(preset="small", backend="spconv"))

@@ -4,6 +4,9 @@ The bag is written into a hidden sibling folder ``.<name>.partial/<name>`` and m
 when the ``with`` block ends cleanly, so a crash, an exception or Ctrl-C never leaves something at
 ``path`` that looks like a complete bag. With ``overwrite=True`` an existing bag is replaced only after
 the new one is complete.
+
+mcap is written by ``bag.mcap_writer`` (rosbags' file format and metadata.yaml, fewer copies, a zstd level
+of choice); sqlite3 by rosbags.
 """
 
 from __future__ import annotations
@@ -16,10 +19,18 @@ from typing import Any, Literal
 
 from rosbags.interfaces import Connection, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability
 from rosbags.interfaces import QosTime as _QosTime
-from rosbags.rosbag2 import Writer, WriterError
+from rosbags.rosbag2 import WriterError
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
 from rosbags.typesys.store import Typestore
 
+from lidar_ssl_core.bag.mcap_writer import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_ZSTD_LEVEL,
+    ZSTD_LEVELS,
+    Buffer,
+    Rosbag2Writer,
+    serialize_parts,
+)
 from lidar_ssl_core.bag.typestore import METADATA_VERSION, normalize_msgtype, typestore_for
 from lidar_ssl_core.errors import BagWriteError
 
@@ -47,7 +58,10 @@ class BagWriter:
     """Context manager writing one rosbag2 directory.
 
     ``compress`` applies to mcap (zstd-compressed chunks, read natively by every mcap reader); sqlite3
-    bags are written uncompressed (the most widely readable form).
+    bags are written uncompressed (the most widely readable form). ``compression_level`` is the zstd level:
+    3 (rosbags' level, the same bytes as before) by default; 1 compresses KITTI scans ~2-3.5x faster to
+    0.79-0.89 of their size instead of 0.64-0.73. ``chunk_size``: uncompressed bytes after which an mcap
+    chunk is closed (default 1 MiB, rosbags' value).
     """
 
     def __init__(
@@ -58,6 +72,8 @@ class BagWriter:
         storage: Literal["mcap", "sqlite3"] = "mcap",
         compress: bool = True,
         overwrite: bool = False,
+        compression_level: int = DEFAULT_ZSTD_LEVEL,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self.path = Path(path)
         if distro not in METADATA_VERSION:
@@ -68,6 +84,15 @@ class BagWriter:
             raise BagWriteError(f"{self.path} exists already; pass overwrite=True to replace it")
         if self.path.name in ("", ".", ".."):
             raise BagWriteError(f"bag path '{path}' has no name")
+        lo, hi = ZSTD_LEVELS
+        if not lo <= compression_level <= hi:
+            raise BagWriteError(
+                f"zstd compression_level {compression_level} for {self.path} is not in {lo}..{hi}"
+            )
+        if chunk_size < 1:
+            raise BagWriteError(f"chunk_size {chunk_size} for {self.path} must be a positive byte count")
+        self.compression_level = compression_level
+        self.chunk_size = chunk_size
         self.distro = distro
         self.storage = storage
         self.compress = compress and storage == "mcap"
@@ -75,7 +100,7 @@ class BagWriter:
         self.typestore: Typestore = typestore_for(distro)
         self.version = METADATA_VERSION[distro]
         self._staging = self.path.parent / f".{self.path.name}.partial"
-        self._writer: Writer | None = None
+        self._writer: Rosbag2Writer | None = None
         self._connections: dict[str, Connection] = {}
         self._counts: dict[str, int] = {}
 
@@ -91,7 +116,13 @@ class BagWriter:
                 shutil.rmtree(self._staging)
             self._staging.mkdir(parents=True)
             plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
-            writer = Writer(self._staging / self.path.name, version=self.version, storage_plugin=plugin)
+            writer = Rosbag2Writer(
+                self._staging / self.path.name,
+                version=self.version,
+                storage_plugin=plugin,
+                compression_level=self.compression_level,
+                chunk_size=self.chunk_size,
+            )
             if self.compress:
                 writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
             writer.open()
@@ -180,20 +211,33 @@ class BagWriter:
         """Serialize ``msg`` (a message of ``self.typestore``) with log time ``stamp_ns``."""
         conn = self._connection(topic)
         try:
-            raw = self.typestore.serialize_cdr(msg, conn.msgtype)
+            if self.storage == "mcap":  # a large byte array goes to the file without being copied here
+                parts = serialize_parts(self.typestore, msg, conn.msgtype)
+            else:
+                parts = [self.typestore.serialize_cdr(msg, conn.msgtype)]
         except Exception as err:  # rosbags raises several types for a message that does not fit its type
             raise BagWriteError(
                 f"cannot serialize message for {topic} ({conn.msgtype}) at t={stamp_ns}: {err}"
             ) from err
-        self.write_raw(topic, stamp_ns, raw)
+        # one part: serialize_cdr's fresh buffer, handed over; several: the message's own array among them
+        self._write(topic, stamp_ns, parts, owned=len(parts) == 1)
 
     def write_raw(self, topic: str, stamp_ns: int, data: bytes | memoryview) -> None:
         """Write already CDR-serialized bytes (copying messages between bags without decoding them)."""
+        self._write(topic, stamp_ns, [data], owned=False)
+
+    def _write(self, topic: str, stamp_ns: int, parts: list[Buffer], *, owned: bool) -> None:
+        """Write one message given as consecutive buffers; unless ``owned``, the caller may reuse them."""
         writer = self._require_open()
         conn = self._connection(topic)
         if stamp_ns < 0:
             raise BagWriteError(f"negative log time {stamp_ns} for {topic}")
-        writer.write(conn, int(stamp_ns), data)
+        if stamp_ns >= 2**64:
+            raise BagWriteError(f"log time {stamp_ns} for {topic} does not fit in 64 bits")
+        try:
+            writer.write_parts(conn, int(stamp_ns), parts, owned=owned)
+        except OSError as err:
+            raise BagWriteError(f"cannot write {topic} at t={stamp_ns} to {self.path}: {err}") from err
         self._counts[topic] += 1
 
     @property
@@ -208,7 +252,7 @@ class BagWriter:
                 f"topic {topic} was not added; call add_topic(topic, msgtype) first"
             ) from None
 
-    def _require_open(self) -> Writer:
+    def _require_open(self) -> Rosbag2Writer:
         if self._writer is None:
             raise BagWriteError(f"bag writer for {self.path} is not open (use it as a context manager)")
         return self._writer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lidar_ssl_core.errors import LossInputError
+from lidar_ssl_core.losses.gather import Gather, all_gather_rows
 from lidar_ssl_core.losses.infonce import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE, infonce, sample_pairs
 from lidar_ssl_core.losses.ppkt import gather_pixel_features, ppkt_loss
 from lidar_ssl_core.losses.slidr import PooledSuperpixels, pool_image_features, pool_superpixels, slidr_loss
@@ -19,10 +20,12 @@ from lidar_ssl_core.losses.st_slidr import (
 __all__ = [
     "DEFAULT_NUM_MATCHES",
     "DEFAULT_TEMPERATURE",
+    "Gather",
     "LossInputError",
     "PooledSuperpixels",
     "STForm",
     "Tolerance",
+    "all_gather_rows",
     "class_agnostic_weights",
     "gather_pixel_features",
     "infonce",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from lidar_ssl_core.errors import LossInputError
+from lidar_ssl_core.losses.gather import Gather, identity
 from lidar_ssl_core.losses.infonce import (
     DEFAULT_NUM_MATCHES,
     DEFAULT_TEMPERATURE,
@@ -61,6 +62,7 @@ def ppkt_loss(
     num_matches: int = DEFAULT_NUM_MATCHES,
     temperature: float = DEFAULT_TEMPERATURE,
     generator: torch.Generator | None = None,
+    gather: Gather | None = None,
 ) -> torch.Tensor:
     """PPKT loss (module docstring) on ``num_matches`` pairs sampled with ``generator``.
 
@@ -71,6 +73,8 @@ def ppkt_loss(
             None when ``point_feats`` is already per pair (V == P).
         num_matches: pairs per batch S (all pairs when there are fewer).
         generator: torch.Generator for reproducible sampling.
+        gather: under DDP, :func:`~lidar_ssl_core.losses.gather.all_gather_rows` contrasts the sampled pairs
+            against those of every process.
     """
     check_features("point_feats", point_feats)
     check_features("pixel_feats", pixel_feats, point_feats.shape[1])
@@ -90,4 +94,5 @@ def ppkt_loss(
             f" {tuple(pixel_feats.shape)} disagree on P"
         )
     idx = sample_pairs(n_pairs, num_matches, generator, device=point_feats.device)
-    return infonce(point_feats[pairing_points[idx]], pixel_feats[idx], temperature)
+    gather = gather or identity
+    return infonce(gather(point_feats[pairing_points[idx]]), gather(pixel_feats[idx]), temperature)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lidar_ssl_core.errors import LossInputError
+from lidar_ssl_core.losses.gather import Gather, identity
 from lidar_ssl_core.losses.infonce import DEFAULT_TEMPERATURE, check_features, check_index, infonce
 from lidar_ssl_core.losses.ppkt import check_pairing_images
 
@@ -146,8 +147,13 @@ def slidr_loss(
     *,
     temperature: float = DEFAULT_TEMPERATURE,
     renormalize: bool = False,
+    gather: Gather | None = None,
 ) -> torch.Tensor:
-    """SLidR superpixel InfoNCE (module docstring) of a batch; arguments as :func:`pool_superpixels`."""
+    """SLidR superpixel InfoNCE (module docstring) of a batch; arguments as :func:`pool_superpixels`.
+
+    ``gather`` (under DDP: :func:`~lidar_ssl_core.losses.gather.all_gather_rows`) contrasts the pooled
+    superpixels against those of every process.
+    """
     pooled = pool_superpixels(
         point_feats,
         image_feats,
@@ -157,6 +163,8 @@ def slidr_loss(
         pairing_superpixels,
         renormalize=renormalize,
     )
-    if pooled.ids.numel() == 0:
+    gather = gather or identity
+    q, k = gather(pooled.points), gather(pooled.pixels)
+    if q.shape[0] == 0:
         raise LossInputError("no superpixel has a paired point: the SLidR loss is undefined for this batch")
-    return infonce(pooled.points, pooled.pixels, temperature)
+    return infonce(q, k, temperature)

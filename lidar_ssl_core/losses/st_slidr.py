@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from lidar_ssl_core.errors import LossInputError
+from lidar_ssl_core.losses.gather import Gather, identity
 from lidar_ssl_core.losses.infonce import (
     DEFAULT_NUM_MATCHES,
     DEFAULT_TEMPERATURE,
@@ -260,23 +261,28 @@ def st_slidr_loss(
     pairing_images: torch.Tensor,
     superpixels: torch.Tensor,
     pairing_superpixels: torch.Tensor | None = None,
+    gather: Gather | None = None,
     **options: object,
 ) -> torch.Tensor:
     """ST-SLidR loss of a collated batch: SLidR pooling, teacher pooling, :func:`semantically_tolerant_loss`.
 
     ``teacher_feats`` (I, C, h, w) is the frozen pre-head backbone output (any resolution; the superpixel map
     is nearest-resized to it). ``options`` are the keyword arguments of :func:`semantically_tolerant_loss`.
+    ``gather`` (under DDP) makes the M superpixels those of every process: negatives, K and the balancing
+    votes are then computed over the global batch, as on one GPU.
     """
     pooled = pool_superpixels(
         point_feats, image_feats, pairing_points, pairing_images, superpixels, pairing_superpixels
     )
-    if pooled.ids.numel() == 0:
+    gather = gather or identity
+    teacher = gather(pool_image_features(teacher_feats.detach(), superpixels, pooled.ids))
+    q, k = gather(pooled.points), gather(pooled.pixels)
+    if q.shape[0] == 0:
         raise LossInputError(
             "no superpixel has a paired point: the ST-SLidR loss is undefined for this batch"
         )
-    teacher = pool_image_features(teacher_feats.detach(), superpixels, pooled.ids)
     alpha = teacher_similarity(teacher)
-    return semantically_tolerant_loss(pooled.points, pooled.pixels, alpha, **options)  # type: ignore[arg-type]
+    return semantically_tolerant_loss(q, k, alpha, **options)  # type: ignore[arg-type]
 
 
 def sample_teacher_at_pixels(
@@ -306,6 +312,7 @@ def st_ppkt_loss(
     num_matches: int = DEFAULT_NUM_MATCHES,
     generator: torch.Generator | None = None,
     balance: bool = False,
+    gather: Gather | None = None,
     **options: object,
 ) -> torch.Tensor:
     """ST-PPKT: L_knn on ``num_matches`` sampled point-pixel pairs with pixel-to-pixel teacher similarity.
@@ -332,5 +339,12 @@ def st_ppkt_loss(
     teacher = sample_teacher_at_pixels(
         teacher_feats.detach(), pix, (image_feats.shape[2], image_feats.shape[3])
     )
-    alpha = teacher_similarity(teacher)
-    return semantically_tolerant_loss(q, k, alpha, balance=balance, **options)  # type: ignore[arg-type]
+    gather = gather or identity
+    alpha = teacher_similarity(gather(teacher))
+    return semantically_tolerant_loss(
+        gather(q),
+        gather(k),
+        alpha,
+        balance=balance,
+        **options,  # type: ignore[arg-type]
+    )

@@ -23,6 +23,7 @@ from torch import nn
 
 from lidar_ssl_core.errors import ConfigError, LidarSslError
 from lidar_ssl_core.models.checkpoints import CheckpointLayout, load_backbone_weights
+from lidar_ssl_core.models.filterbank import FilterBankBackbone
 from lidar_ssl_core.models.resnet import ResNet, resnet50
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,11 @@ class TeacherConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    arch: Literal["resnet50"] = Field("resnet50", description="2D backbone architecture")
+    arch: Literal["resnet50", "filterbank"] = Field(
+        "resnet50",
+        description="resnet50 (the papers; give weights) or filterbank (fixed label-free colour/texture "
+        "features, no weights: the synthetic-world teacher, models/filterbank.py)",
+    )
     form: Literal["dilated", "strided"] = Field(
         "dilated",
         description="dilated: strides of layer2..4 replaced by dilation, output stride 4 (SLidR); "
@@ -59,6 +64,8 @@ class TeacherConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_weights(self) -> TeacherConfig:
+        if self.arch == "filterbank" and self.weights is not None:
+            raise ValueError("the filterbank teacher has no weights file; unset teacher.weights")
         if self.weights is not None and not self.weights.is_file():
             raise ValueError(f"teacher weights file {self.weights} does not exist")
         return self
@@ -85,17 +92,23 @@ class ImageTeacher(nn.Module):
                 f"teacher out_dim {self.config.out_dim} != student feature size {student_dim}; "
                 "set teacher.out_dim to the student's output channels"
             )
-        self.backbone: ResNet = resnet50(dilated=self.config.form == "dilated", include_fc=False)
-        if self.config.weights is not None:
-            load_backbone_weights(
-                self.backbone,
-                self.config.weights,
-                layout=self.config.layout,
-                container=self.config.container,
-                prefix=self.config.prefix,
-            )
+        self.backbone: ResNet | FilterBankBackbone
+        if self.config.arch == "filterbank":
+            self.backbone = FilterBankBackbone(IMAGENET_MEAN, IMAGENET_STD)
         else:
-            logger.warning("ImageTeacher has no weights file: the frozen backbone is randomly initialised")
+            self.backbone = resnet50(dilated=self.config.form == "dilated", include_fc=False)
+            if self.config.weights is not None:
+                load_backbone_weights(
+                    self.backbone,
+                    self.config.weights,
+                    layout=self.config.layout,
+                    container=self.config.container,
+                    prefix=self.config.prefix,
+                )
+            else:
+                logger.warning(
+                    "ImageTeacher has no weights file: the frozen backbone is randomly initialised"
+                )
         self.backbone.requires_grad_(False)
         self.backbone.eval()
         self.output_stride: int = self.backbone.output_stride

@@ -274,6 +274,10 @@ class Res16UNet(nn.Module):
         ``coords`` (V, 4) integer ``[batch, c0, c1, c2]`` (unique per batch item, may be negative);
         ``features`` (V, in_channels) float on the same device.
         """
+        return self.head(self.trunk(coords, features))
+
+    def trunk(self, coords: Tensor, features: Tensor) -> Tensor:
+        """Features (V, feature_dim) entering the 1x1 head: what a linear probe classifies."""
         self._check_inputs(coords, features)
         ops = self.ops
         x = ops.make_input(coords, features)
@@ -291,9 +295,19 @@ class Res16UNet(nn.Module):
         out = self.block6(self._up_cat(self.convtr5p8s2, self.bntr5, out, out_b2p4))
         out = self.block7(self._up_cat(self.convtr6p4s2, self.bntr6, out, out_b1p2))
         out = self.block8(self._up_cat(self.convtr7p2s2, self.bntr7, out, out_p1))
-        y = ops.features(self.final(out))
         if not ops.same_sites(out, x):
             raise RuntimeError(f"{ops.name} backend returned voxels in a different order than its input")
+        return ops.features(out)
+
+    def head(self, features: Tensor) -> Tensor:
+        """The 1x1x1 ``final`` conv on (V, feature_dim) features, as the matmul it is; l2-normalised if
+        configured. Identical to running ``final`` on either backend (tested)."""
+        weight, bias = self.final.weight, self.final.bias
+        if not isinstance(weight, Tensor) or not isinstance(bias, Tensor):
+            raise TypeError(f"{self.ops.name} backend's final conv has no weight/bias tensors")
+        # (out, 1, 1, 1, in) read as an (in, out) matrix by a plain reshape: spconv 2.x's 1x1 convention,
+        # which the portable SubMConv3d follows too (sparse/conv.py), so one state dict means one function
+        y = features @ weight.reshape(weight.shape[-1], weight.shape[0]) + bias
         return F.normalize(y, p=2.0, dim=1) if self.config.normalize else y
 
     def _up_cat(self, conv: nn.Module, norm: nn.Module, x: Any, skip: Any) -> Any:

@@ -18,7 +18,7 @@ _TRAINER_NAMES = {
     "TrainingError",
     "build_pretraining",
     "compute_loss",
-    "is_main_process",
+    "StepStats",
     "make_pretrain_loader",
 }
 
@@ -28,11 +28,11 @@ __all__ = [
     "LossOptions",
     "PretrainConfig",
     "Pretrainer",
+    "StepStats",
     "TrainingCheckpointError",
     "TrainingError",
     "build_pretraining",
     "compute_loss",
-    "is_main_process",
     "load_checkpoint",
     "make_pretrain_loader",
     "save_checkpoint",

@@ -101,8 +101,17 @@ def save_checkpoint(state: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (weights_only), checking its format and keys."""
+def load_checkpoint(
+    path: Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    formats: tuple[str, ...] = (FORMAT,),
+    required: tuple[str, ...] = REQUIRED,
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (weights_only), checking its format and keys.
+
+    ``formats`` are the accepted ``format`` tags (pretraining's by default; downstream passes its own).
+    """
     path = Path(path)
     if not path.is_file():
         raise TrainingCheckpointError(f"checkpoint {path} does not exist")
@@ -113,13 +122,13 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
             f"checkpoint {path} is corrupt or truncated and cannot be read ({type(err).__name__}: {err}); "
             "delete it to start over, or resume from an older copy"
         ) from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in formats:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise TrainingCheckpointError(
-            f"checkpoint {path} is not a lidar_ssl pretraining checkpoint "
-            f"(format {found!r}, expected {FORMAT!r})"
+            f"checkpoint {path} is not a lidar_ssl checkpoint of the expected kind "
+            f"(format {found!r}, expected one of {list(formats)})"
         )
-    missing = [k for k in REQUIRED if k not in state]
+    missing = [k for k in required if k not in state]
     if missing:
         raise TrainingCheckpointError(f"checkpoint {path} lacks the entries {missing}")
     return state

@@ -34,6 +34,11 @@ class LossOptions(_Section):
     form: STForm = Field(STForm.PAPER, description="ST: paper | authors_code")
     vote_threshold: float | None = Field(None, description="ST balancing vote threshold; None = form default")
     adaptive_k: bool = Field(False, description="ST: per-anchor K (beyond the papers)")
+    gather_negatives: bool = Field(
+        False,
+        description="multi-GPU: contrast against the anchors of every process "
+        "(off: per-GPU negatives, as the authors' code)",
+    )
 
 
 class PretrainConfig(_Section):
@@ -50,7 +55,10 @@ class PretrainConfig(_Section):
     )
     amp: bool = Field(True, description="mixed precision; used on CUDA only, ignored on CPU")
     amp_dtype: Literal["float16", "bfloat16"] = Field("bfloat16", description="autocast dtype on CUDA")
-    device: str | None = Field(None, description="torch device; None = cuda when available, else cpu")
+    device: str | None = Field(
+        None, description="torch device; None = cuda when available, else cpu (torchrun: cuda:LOCAL_RANK)"
+    )
+    sync_batchnorm: bool = Field(False, description="multi-GPU: BatchNorm statistics over all processes")
     seed: int = Field(0, description="seeds model init, data order and loss sampling")
     shuffle: bool = Field(True, description="shuffle the frames each epoch")
     drop_last: bool = Field(True, description="drop the last incomplete batch of an epoch")

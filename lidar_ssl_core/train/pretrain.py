@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -19,13 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from lidar_ssl_core.config import DataConfig
+from lidar_ssl_core.config import DataConfig, VoxelConfig
 from lidar_ssl_core.data.dataset import PairedBagDataset, collate, worker_init
 from lidar_ssl_core.data.sample import SuperpixelSource
 from lidar_ssl_core.errors import LidarSslError
-from lidar_ssl_core.losses import gather_pixel_features, ppkt_loss, slidr_loss, st_ppkt_loss, st_slidr_loss
+from lidar_ssl_core.losses import (
+    Gather,
+    all_gather_rows,
+    gather_pixel_features,
+    ppkt_loss,
+    slidr_loss,
+    st_ppkt_loss,
+    st_slidr_loss,
+)
 from lidar_ssl_core.models.image_teacher import ImageTeacher, TeacherOutput
 from lidar_ssl_core.models.unet import Res16UNet, build_backbone
 from lidar_ssl_core.superpixels import Superpixelizer
@@ -38,6 +48,8 @@ from lidar_ssl_core.train.checkpoint import (
     save_checkpoint,
 )
 from lidar_ssl_core.train.config import SUPERPIXEL_METHODS, LossOptions, PretrainConfig
+from lidar_ssl_core.train.distributed import DistContext, all_mean, barrier
+from lidar_ssl_core.train.scalars import ScalarLog
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +58,32 @@ class TrainingError(LidarSslError):
     """Training cannot go on (non-finite loss, batch without the keys the method needs)."""
 
 
-def is_main_process() -> bool:
-    """True outside distributed runs and on rank 0: the one process that logs and writes checkpoints."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 class EpochBatchSampler(Sampler[list[int]]):
-    """Batches of an epoch in an order fixed by (seed, epoch), starting at any batch (for exact resume)."""
+    """Batches of an epoch in an order fixed by (seed, epoch), starting at any batch (for exact resume).
 
-    def __init__(self, size: int, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool) -> None:
+    Distributed, the epoch's order is cut into global batches of ``batch_size * world_size`` frames and
+    process ``rank`` takes its ``batch_size`` slice of each: every process has the same number of batches
+    and together they see each frame of the epoch once.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise TrainingError(f"rank {rank} is not in a world of {world_size} processes")
+        if world_size > 1 and not drop_last:
+            raise TrainingError("distributed training needs drop_last (equal batches on every process)")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self._start = 0
 
@@ -69,7 +95,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         self._start = batch
 
     def __len__(self) -> int:
-        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+        per_step = self.batch_size * self.world_size
+        return self.size // per_step if self.drop_last else -(-self.size // per_step)
 
     def __iter__(self) -> Iterator[list[int]]:
         start, self._start = self._start, 0  # read now: the DataLoader may prefetch past this point
@@ -78,16 +105,32 @@ class EpochBatchSampler(Sampler[list[int]]):
             if self.shuffle
             else np.arange(self.size)
         )
+        per_step = self.batch_size * self.world_size
         for b in range(start, len(self)):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+            begin = b * per_step + self.rank * self.batch_size
+            yield order[begin : begin + self.batch_size].tolist()
 
 
 def make_pretrain_loader(
-    dataset: PairedBagDataset, *, seed: int, shuffle: bool = True, drop_last: bool = True
+    dataset: PairedBagDataset,
+    *,
+    seed: int,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    dist: DistContext | None = None,
 ) -> DataLoader[Any]:
-    """Like :func:`~lidar_ssl_core.data.dataset.make_loader`, with the resumable batch sampler."""
+    """Like :func:`~lidar_ssl_core.data.dataset.make_loader`, with the resumable (and sharded) sampler."""
     cfg = dataset.config.loader
-    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last)
+    dist = dist or DistContext()
+    sampler = EpochBatchSampler(
+        len(dataset),
+        cfg.batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -114,8 +157,12 @@ def compute_loss(
     teacher: TeacherOutput,
     options: LossOptions,
     generator: torch.Generator | None = None,
+    gather: Gather | None = None,
 ) -> torch.Tensor:
-    """The method's loss of voxel features (V, F) and teacher outputs, from the batch's pairing keys."""
+    """The method's loss of voxel features (V, F) and teacher outputs, from the batch's pairing keys.
+
+    ``gather`` (under DDP with ``loss.gather_negatives``) contrasts against every process's negatives.
+    """
     pv, pi = batch["pairing_voxels"], batch["pairing_images"]
     pixels = teacher.pixel_features
     st = {
@@ -135,6 +182,7 @@ def compute_loss(
             num_matches=options.num_matches,
             temperature=options.temperature,
             generator=generator,
+            gather=gather,
         )
     if method == "st-ppkt":
         return st_ppkt_loss(
@@ -146,15 +194,27 @@ def compute_loss(
             num_matches=options.num_matches,
             generator=generator,
             balance=options.ppkt_balance,
+            gather=gather,
             **st,
         )
     _require(batch, ("superpixels", "pairing_superpixels"), method)
     sp, psp = batch["superpixels"], batch["pairing_superpixels"]
     if method == "slidr":
-        return slidr_loss(point_feats, pixels, pv, pi, sp, psp, temperature=options.temperature)
+        return slidr_loss(
+            point_feats, pixels, pv, pi, sp, psp, temperature=options.temperature, gather=gather
+        )
     if method == "st-slidr":
         return st_slidr_loss(
-            point_feats, pixels, teacher.backbone_features, pv, pi, sp, psp, balance=options.balance, **st
+            point_feats,
+            pixels,
+            teacher.backbone_features,
+            pv,
+            pi,
+            sp,
+            psp,
+            balance=options.balance,
+            gather=gather,
+            **st,
         )
     raise TrainingError(f"unknown method {method!r}; choose ppkt, slidr, st-slidr or st-ppkt")
 
@@ -163,6 +223,38 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
     }
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one optimiser step did, for progress display (the CLI's bar) and the scalar log."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    steps_per_epoch: int
+    loss: float
+    lr: float
+    samples_per_s: float
+    pairs: int
+    superpixels: int
+    replaced: int
+
+    def scalars(self) -> dict[str, float]:
+        scalars = {
+            "loss/train": self.loss,
+            "lr": self.lr,
+            "throughput/samples_per_s": self.samples_per_s,
+            "batch/pairs": float(self.pairs),
+            "batch/replaced_frames": float(self.replaced),
+            "epoch": float(self.epoch),
+        }
+        if self.superpixels:
+            scalars["batch/superpixels"] = float(self.superpixels)
+        return scalars
+
+
+StepCallback = Callable[[StepStats], None]
 
 
 @dataclass
@@ -188,13 +280,29 @@ class Pretrainer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         device: torch.device | str | None = None,
+        dist: DistContext | None = None,
+        voxels: VoxelConfig | None = None,
     ) -> None:
         self.config = config
-        self.device = torch.device(
-            device or config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        self.voxels = voxels  # stored in checkpoints: downstream must use the same grid
+        self.dist = dist or DistContext()
+        if self.dist.is_distributed:
+            self.device = self.dist.device
+        else:
+            self.device = torch.device(
+                device or config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            )
         self.backbone = backbone.to(self.device)
         self.teacher = teacher.to(self.device)
+        self._backbone_fwd: nn.Module = self.backbone
+        self._teacher_fwd: nn.Module = self.teacher
+        if self.dist.is_distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._backbone_fwd = DistributedDataParallel(self.backbone, device_ids=ids)
+            self._teacher_fwd = DistributedDataParallel(self.teacher, device_ids=ids)
+        self._gather: Gather | None = (
+            all_gather_rows if self.dist.is_distributed and config.loss.gather_negatives else None
+        )
         self.loader = loader
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -202,23 +310,17 @@ class Pretrainer:
         self.amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.loss_generator = torch.Generator(device=self.device)
-        self.loss_generator.manual_seed(config.seed)
+        self.loss_generator.manual_seed(config.seed + self.dist.rank)  # each process samples its own pairs
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
-        self.writer: Any = self._make_writer() if config.tensorboard and is_main_process() else None
+        self.scalars = ScalarLog(
+            config.run_dir if self.dist.is_main else None, tensorboard=config.tensorboard
+        )
 
     @property
     def checkpoint_path(self) -> Path:
         return self.config.run_dir / LAST
-
-    def _make_writer(self) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
-            return None
-        return SummaryWriter(log_dir=str(self.config.run_dir / "tb"))
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.use_amp:
@@ -230,12 +332,18 @@ class Pretrainer:
         self.backbone.train()
         self.teacher.train()
         with self._autocast():
-            point_feats = self.backbone(batch["coords"], batch["features"])
-            out = self.teacher(batch["images"])
+            point_feats = self._backbone_fwd(batch["coords"], batch["features"])
+            out = self._teacher_fwd(batch["images"])
         # losses in float32: the softmax over in-batch negatives is where half precision hurts
         out = TeacherOutput(out.pixel_features.float(), out.backbone_features.float())
         return compute_loss(
-            self.config.method, batch, point_feats.float(), out, self.config.loss, self.loss_generator
+            self.config.method,
+            batch,
+            point_feats.float(),
+            out,
+            self.config.loss,
+            self.loss_generator,
+            self._gather,
         )
 
     def train_step(self, batch: Mapping[str, Any]) -> float:
@@ -272,11 +380,13 @@ class Pretrainer:
         return islice(iter(self.loader), self.step_in_epoch, None)
 
     # --- loop ------------------------------------------------------------------------------------------
-    def fit(self, *, max_steps: int | None = None) -> FitResult:
+    def fit(self, *, max_steps: int | None = None, on_step: StepCallback | None = None) -> FitResult:
         """Train until ``config.epochs``; ``max_steps`` stops after that many global steps, like an
-        interruption would (no extra checkpoint), e.g. to split a run into jobs."""
+        interruption would (no extra checkpoint), e.g. to split a run into jobs. ``on_step`` receives
+        each step's :class:`StepStats` (on every process; the CLI draws its progress bar with it)."""
         result = FitResult()
         cfg = self.config
+        self.scalars.truncate_after(self.global_step)
         while self.epoch < cfg.epochs:
             log.info(
                 "epoch %d/%d (from step %d), lr %.5g",
@@ -285,14 +395,21 @@ class Pretrainer:
                 self.step_in_epoch,
                 self.optimizer.param_groups[0]["lr"],
             )
+            tick = time.perf_counter()
             for batch in self._epoch_batches():
                 if max_steps is not None and self.global_step >= max_steps:
                     return self._stop(result, finished=False)
+                lr = float(self.optimizer.param_groups[0]["lr"])
                 loss = self.train_step(batch)
                 self.step_in_epoch += 1
                 self.global_step += 1
-                result.losses.append(loss)
-                self._log(loss, batch)
+                now = time.perf_counter()
+                stats = self._stats(loss, lr, batch, now - tick)
+                tick = now
+                result.losses.append(stats.loss)
+                self._log(stats, batch)
+                if on_step is not None:
+                    on_step(stats)
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
                     self.save()
             self.epoch += 1
@@ -304,26 +421,40 @@ class Pretrainer:
 
     def _stop(self, result: FitResult, *, finished: bool) -> FitResult:
         result.epoch, result.global_step, result.finished = self.epoch, self.global_step, finished
-        if self.writer is not None:
-            self.writer.flush()
+        self.scalars.flush()
         return result
 
-    def _log(self, loss: float, batch: Mapping[str, Any]) -> None:
-        if not is_main_process():
+    def _stats(self, loss: float, lr: float, batch: Mapping[str, Any], seconds: float) -> StepStats:
+        """Step statistics; loss and throughput are the means/sums over all processes."""
+        frames = len(batch.get("sources") or ()) or int(self.loader.batch_size or 0)
+        return StepStats(
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            global_step=self.global_step,
+            steps_per_epoch=len(self.loader),
+            loss=all_mean(loss, self.device),
+            lr=lr,
+            samples_per_s=frames * self.dist.world_size / max(seconds, 1e-9),
+            pairs=int(batch["pairing_points"].shape[0]) if "pairing_points" in batch else 0,
+            superpixels=_count_superpixels(batch),
+            replaced=len(batch.get("replaced") or ()),
+        )
+
+    def _log(self, stats: StepStats, batch: Mapping[str, Any]) -> None:
+        if not self.dist.is_main:
             return
         if batch.get("replaced"):
             log.warning("step %d: frames skipped and replaced: %s", self.global_step, batch["replaced"])
         if self.global_step % self.config.log_every == 0:
             log.info(
-                "epoch %d step %d (global %d): loss %.4f",
+                "epoch %d step %d (global %d): loss %.4f, %.2f samples/s",
                 self.epoch + 1,
                 self.step_in_epoch,
                 self.global_step,
-                loss,
+                stats.loss,
+                stats.samples_per_s,
             )
-        if self.writer is not None:
-            self.writer.add_scalar("loss/train", loss, self.global_step)
-            self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], self.global_step)
+        self.scalars.write(self.global_step, stats.scalars())
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -341,6 +472,7 @@ class Pretrainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "config": self.config.model_dump(mode="json"),
+            **({"voxels": self.voxels.model_dump(mode="json")} if self.voxels is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -373,10 +505,18 @@ class Pretrainer:
             )
 
     def save(self, path: Path | None = None) -> Path | None:
-        """Write the checkpoint (``run_dir/ckpt_last.pt`` by default) on the main process."""
-        if not is_main_process():
-            return None
-        return save_checkpoint(self.state_dict(), path or self.checkpoint_path)
+        """Write the checkpoint (``run_dir/ckpt_last.pt`` by default) on the main process; the others wait
+        for it, so that a checkpoint on disk is never older than the step any process has reached."""
+        written = None
+        if self.dist.is_main:
+            self.scalars.flush()
+            written = save_checkpoint(self.state_dict(), path or self.checkpoint_path)
+        barrier()
+        return written
+
+    def close(self) -> None:
+        """Close the scalar log (TensorBoard's writer thread included)."""
+        self.scalars.close()
 
     def load(self, path: Path) -> None:
         """Continue from the checkpoint at ``path``."""
@@ -398,6 +538,7 @@ def build_pretraining(
     bags: Sequence[Path] | None = None,
     superpixels: SuperpixelSource | None = None,
     device: torch.device | str | None = None,
+    dist: DistContext | None = None,
 ) -> Pretrainer:
     """Build every piece from the configs and hand them to a :class:`Pretrainer`.
 
@@ -411,15 +552,18 @@ def build_pretraining(
     if superpixels is None and config.method in SUPERPIXEL_METHODS:
         superpixels = Superpixelizer(data_config.superpixels)
     dataset = PairedBagDataset(data_config, train=True, seed=config.seed, superpixels=superpixels, bags=bags)
+    dist = dist or DistContext()
     loader = make_pretrain_loader(
-        dataset, seed=config.seed, shuffle=config.shuffle, drop_last=config.drop_last
+        dataset, seed=config.seed, shuffle=config.shuffle, drop_last=config.drop_last, dist=dist
     )
     if len(loader) == 0:
         raise TrainingError(
-            f"{len(dataset)} frames make no full batch of {data_config.loader.batch_size}; "
-            "lower data.loader.batch_size or set drop_last false"
+            f"{len(dataset)} frames make no full batch of {data_config.loader.batch_size} per process "
+            f"x {dist.world_size} processes; lower data.loader.batch_size or set drop_last false"
         )
     backbone = build_backbone(config.backbone)
+    if config.sync_batchnorm and dist.is_distributed:
+        backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)  # type: ignore[no-untyped-call,assignment]
     teacher = ImageTeacher(config.teacher, student_dim=config.backbone.out_dim)
     params: list[nn.Parameter] = [*backbone.parameters(), *teacher.trainable_parameters()]
     optimizer = torch.optim.SGD(
@@ -449,4 +593,14 @@ def build_pretraining(
         optimizer=optimizer,
         scheduler=scheduler,
         device=device,
+        dist=dist,
+        voxels=data_config.voxels,
     )
+
+
+def _count_superpixels(batch: Mapping[str, Any]) -> int:
+    """Distinct superpixels with a paired point in the batch (the SLidR anchors M); 0 without superpixels."""
+    psp = batch.get("pairing_superpixels")
+    if not isinstance(psp, torch.Tensor) or psp.numel() == 0:
+        return 0
+    return int(torch.unique(psp[psp >= 0]).numel())

@@ -1,0 +1,47 @@
+"""What every ``lidar-ssl`` command module shares: the console, option types, ``--set`` parsing, errors.
+
+Only the CLI modules print; the library logs and raises ``LidarSslError`` subclasses, which become one
+``ERROR:`` line and exit code 1 here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+from rich.console import Console
+
+from lidar_ssl_core.errors import ConfigError, LidarSslError
+
+console = Console(stderr=True, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--config", "-c", help="YAML config (see docs/config.md)"),
+]
+SetOption = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--set", "-s", help="config override KEY=VALUE (dotted key, YAML value), repeatable"),
+]
+
+
+def fail(err: LidarSslError) -> typer.Exit:
+    """Print the error as one unwrapped line (whatever the terminal width) and exit with 1."""
+    typer.echo(f"ERROR: {err}", err=True)
+    return typer.Exit(1)
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, object]:
+    """``--set a.b=1`` pairs as load_config overrides (values parsed as YAML: numbers, lists, booleans)."""
+    values: dict[str, object] = {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. --set pretrain.lr=0.1)")
+        try:
+            values[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+    return values

@@ -1,0 +1,1 @@
+"""Downstream semantic segmentation: class maps, label-fraction splits, metrics, losses and reports."""

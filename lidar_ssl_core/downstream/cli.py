@@ -1,0 +1,204 @@
+"""``lidar-ssl probe | finetune | evaluate | segment``: the downstream commands (registered in ``cli.py``).
+
+Like ``cli.py``, only this module prints, shows progress and turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from lidar_ssl_core.cli_common import ConfigOption, SetOption, console, fail, parse_sets
+from lidar_ssl_core.errors import LidarSslError
+
+if TYPE_CHECKING:
+    from lidar_ssl_core.config import Config
+    from lidar_ssl_core.downstream.config import Mode
+
+BagList = Annotated[Optional[list[Path]], typer.Option(help="labelled bags")]  # noqa: UP045
+Pretrained = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(help="pretraining (or segmentation) checkpoint; none = random init"),
+]
+RunDir = Annotated[Optional[Path], typer.Option(help="output folder")]  # noqa: UP045
+Fraction = Annotated[Optional[float], typer.Option(help="share of training scenes, e.g. 0.01")]  # noqa: UP045
+
+
+def _config(config: Path | None, sets: list[str] | None, overrides: dict[str, Any]) -> Config:
+    from lidar_ssl_core.config import load_config
+
+    values = parse_sets(sets)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return load_config(config, values)
+
+
+def _train(mode: Mode, config: Path | None, sets: list[str] | None, overrides: dict[str, Any]) -> None:
+    from lidar_ssl_core.config import dump_config
+    from lidar_ssl_core.downstream.classes import load_class_map
+    from lidar_ssl_core.downstream.data import index_labelled_sweeps
+    from lidar_ssl_core.downstream.report import write_evaluation_report
+    from lidar_ssl_core.downstream.train import SegmentationTrainer, select_training_sweeps
+    from lidar_ssl_core.resources import default_bag
+
+    cfg = _config(config, sets, overrides)
+    ds = cfg.downstream
+    class_map = load_class_map(ds.class_map)
+    train_bags = list(ds.train_bags or cfg.data.bags or (default_bag(),))
+    index = index_labelled_sweeps(train_bags, cfg.data)
+    sweeps = select_training_sweeps(index.sweeps, ds.label_fraction, ds.split_seed, ds.block_frames)
+    val = index_labelled_sweeps(list(ds.val_bags), cfg.data).sweeps if ds.val_bags else []
+    run = Path(ds.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    console.print(
+        f"{mode}: {len(sweeps)} of {len(index.sweeps)} labelled sweeps "
+        f"({100 * ds.label_fraction:g}% by scene) from {len(train_bags)} bag(s); {len(val)} validation "
+        f"sweeps; class map {class_map.name} ({class_map.num_classes} classes); backbone "
+        f"{'from ' + str(ds.pretrained) if ds.pretrained else 'randomly initialised'}"
+    )
+    trainer = SegmentationTrainer(ds, cfg.data, class_map, mode, sweeps, val)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn(f"[bold]{mode}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(mode, total=trainer.epochs, info="")
+
+        def on_epoch(stats: Any) -> None:
+            miou = f" val mIoU {100 * stats.miou:.2f}" if stats.miou is not None else ""
+            bar.update(task, completed=stats.epoch + 1, info=f"loss {stats.loss:.3f}{miou}")
+
+        start = time.perf_counter()
+        result = trainer.fit(on_epoch=on_epoch)
+    console.print(
+        f"{trainer.epochs} epochs in {time.perf_counter() - start:.0f} s; model: {run / 'model_last.pt'}"
+    )
+    if result.confusion is not None:
+        files = write_evaluation_report(run, result.confusion, class_map, stem="val")
+        console.print(f"validation mIoU {100 * result.confusion.miou():.2f}; report: {files['markdown']}")
+
+
+def probe(
+    pretrained: Pretrained = None,
+    bags: BagList = None,
+    val_bags: BagList = None,
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    epochs: Annotated[Optional[int], typer.Option(help="default: 50")] = None,  # noqa: UP045
+    run_dir: RunDir = None,
+) -> None:
+    """Linear probing: frozen backbone (frozen BatchNorm), point-wise linear head, lr 0.05."""
+    try:
+        _train("probe", config, sets, _overrides(pretrained, bags, val_bags, epochs, run_dir, None))
+    except LidarSslError as err:
+        raise fail(err) from err
+
+
+def finetune(
+    pretrained: Pretrained = None,
+    bags: BagList = None,
+    val_bags: BagList = None,
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    label_fraction: Fraction = None,
+    epochs: Annotated[Optional[int], typer.Option(help="default: 100 at 1%, else 50")] = None,  # noqa: UP045
+    run_dir: RunDir = None,
+) -> None:
+    """Fine-tuning: whole network, cross-entropy + Lovasz, head lr 2.0 / backbone lr 0.02."""
+    try:
+        _train(
+            "finetune", config, sets, _overrides(pretrained, bags, val_bags, epochs, run_dir, label_fraction)
+        )
+    except LidarSslError as err:
+        raise fail(err) from err
+
+
+def _overrides(
+    pretrained: Path | None,
+    bags: list[Path] | None,
+    val_bags: list[Path] | None,
+    epochs: int | None,
+    run_dir: Path | None,
+    label_fraction: float | None,
+) -> dict[str, Any]:
+    return {
+        "downstream.pretrained": str(pretrained) if pretrained else None,
+        "downstream.train_bags": [str(b) for b in bags] if bags else None,
+        "downstream.val_bags": [str(b) for b in val_bags] if val_bags else None,
+        "downstream.epochs": epochs,
+        "downstream.run_dir": str(run_dir) if run_dir else None,
+        "downstream.label_fraction": label_fraction,
+    }
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option(help="segmentation checkpoint (model_last.pt)")],
+    bags: Annotated[list[Path], typer.Option(help="labelled bags to evaluate on")],
+    out: Annotated[Optional[Path], typer.Option(help="report folder (default: beside the model)")] = None,  # noqa: UP045
+    config: ConfigOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Point-wise mIoU, per-class IoU table, confusion matrix and IoU chart of a model on labelled bags."""
+    from torch.utils.data import DataLoader
+
+    from lidar_ssl_core.downstream.data import LabelledSweepDataset, collate_sweeps, index_labelled_sweeps
+    from lidar_ssl_core.downstream.model import load_segmentation_model
+    from lidar_ssl_core.downstream.report import iou_table_markdown, write_evaluation_report
+    from lidar_ssl_core.downstream.train import evaluate as evaluate_network
+
+    try:
+        cfg = _config(config, sets, {})
+        seg = load_segmentation_model(model, cfg.downstream.device)
+        data = cfg.data.model_copy(update={"voxels": seg.voxels})  # the grid the model was trained on
+        index = index_labelled_sweeps(bags, data)
+        dataset = LabelledSweepDataset(index.sweeps, data, seg.class_map, train=False)
+        loader: DataLoader[Any] = DataLoader(
+            dataset, batch_size=cfg.downstream.batch_size, collate_fn=collate_sweeps
+        )
+        cm = evaluate_network(seg.network, loader, seg.class_map.num_classes, seg.device)
+        folder = out or model.parent
+        files = write_evaluation_report(folder, cm, seg.class_map, stem="eval")
+        typer.echo(iou_table_markdown(cm, seg.class_map.class_names))
+        console.print(f"{len(index.sweeps)} sweeps; mIoU {100 * cm.miou():.2f}; report: {files['markdown']}")
+    except LidarSslError as err:
+        raise fail(err) from err
+
+
+def segment(
+    model: Annotated[Path, typer.Option(help="segmentation checkpoint (model_last.pt)")],
+    bag: Annotated[Path, typer.Option(help="input bag")],
+    out: Annotated[Path, typer.Option(help="output bag (a copy with the segmentation topic)")],
+    topic: Annotated[str, typer.Option(help="output PointCloud2 topic")] = "/lidar/segmentation",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
+    device: Annotated[Optional[str], typer.Option(help="torch device")] = None,  # noqa: UP045
+) -> None:
+    """Copy a bag and add a labelled, colour-coded PointCloud2 topic (label + rgb) for RViz/Foxglove."""
+    from lidar_ssl_core.downstream.model import load_segmentation_model
+    from lidar_ssl_core.downstream.segment_bag import write_segmented_bag
+
+    try:
+        seg = load_segmentation_model(model, device)
+        start = time.perf_counter()
+        report = write_segmented_bag(
+            bag, out, seg.predict_cloud, seg.class_map, topic_out=topic, overwrite=overwrite
+        )
+        console.print(
+            f"{report.sweeps_written} sweeps segmented ({report.points_written} points) in "
+            f"{time.perf_counter() - start:.1f} s; {report.n_skipped} skipped; wrote {out} ({topic})"
+        )
+    except LidarSslError as err:
+        raise fail(err) from err
+
+
+def register(app: typer.Typer) -> None:
+    """Add the downstream commands to the ``lidar-ssl`` app."""
+    for command in (probe, finetune, evaluate, segment):
+        app.command()(command)

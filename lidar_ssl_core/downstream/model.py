@@ -1,0 +1,151 @@
+"""The segmentation network (the sparse U-Net with a class head), its checkpoints, and inference on a sweep.
+
+A segmentation checkpoint is self-describing: model weights, the backbone architecture, the class map and
+the voxel grid travel with it, so ``evaluate``, ``segment`` and the live node need nothing but the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from lidar_ssl_core.config import VoxelConfig
+from lidar_ssl_core.downstream.classes import ClassMap, class_map_from_dict
+from lidar_ssl_core.downstream.data import network_input
+from lidar_ssl_core.errors import ConfigError
+from lidar_ssl_core.models.unet import BackboneConfig, Res16UNet, build_backbone
+from lidar_ssl_core.train.checkpoint import FORMAT as PRETRAIN_FORMAT
+from lidar_ssl_core.train.checkpoint import TrainingCheckpointError, load_checkpoint
+from lidar_ssl_core.types import PointCloud
+
+log = logging.getLogger(__name__)
+
+SEGMENTATION_FORMAT = "lidar_ssl.segmentation/1"
+SEGMENTATION_REQUIRED = ("format", "model", "backbone", "class_map", "voxels")
+HEAD_PREFIX = "final."
+
+
+def build_segmentation_model(backbone: BackboneConfig, num_classes: int) -> Res16UNet:
+    """The U-Net with a ``num_classes`` head and raw logits (no l2 normalisation)."""
+    return build_backbone(backbone.model_copy(update={"out_dim": num_classes, "normalize": False}))
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """What :func:`load_pretrained_backbone` took from a checkpoint."""
+
+    path: Path
+    kind: str  # "pretraining" or "segmentation"
+    loaded: int  # tensors copied
+    skipped_head: int  # head tensors left at their fresh initialisation
+
+
+def load_pretrained_backbone(
+    model: Res16UNet, path: Path, voxels: VoxelConfig | None = None
+) -> LoadedWeights:
+    """Copy every backbone tensor of a pretraining (or segmentation) checkpoint into ``model``; the class
+    head stays freshly initialised (its shape differs, as in SLidR's downstream code).
+
+    A missing tensor or a shape mismatch is a ``ConfigError`` naming the tensors and both architectures.
+    A checkpoint pretrained on another voxel grid is refused too (the reference code asserts the same).
+    """
+    state = load_checkpoint(path, formats=(PRETRAIN_FORMAT, SEGMENTATION_FORMAT), required=("format",))
+    kind = "pretraining" if state["format"] == PRETRAIN_FORMAT else "segmentation"
+    weights: Mapping[str, torch.Tensor] | None = state.get("backbone" if kind == "pretraining" else "model")
+    if not isinstance(weights, Mapping):
+        raise TrainingCheckpointError(f"checkpoint {path} holds no model weights")
+    saved_voxels = state.get("voxels")
+    if (
+        voxels is not None
+        and isinstance(saved_voxels, Mapping)
+        and VoxelConfig.model_validate(saved_voxels) != voxels
+    ):
+        raise ConfigError(
+            f"{path} was trained on voxels {dict(saved_voxels)} but data.voxels is "
+            f"{voxels.model_dump(mode='json')}: use the same grid downstream"
+        )
+    own = model.state_dict()
+    body = {k: v for k, v in own.items() if not k.startswith(HEAD_PREFIX)}
+    missing = [k for k in body if k not in weights]
+    wrong = [
+        f"{k} {tuple(weights[k].shape)} != {tuple(v.shape)}"
+        for k, v in body.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    if missing or wrong:
+        arch = model.config.preset
+        raise ConfigError(
+            f"{path} does not fit the '{arch}' backbone: {len(missing)} tensors missing "
+            f"({missing[:3]}...), {len(wrong)} of another shape ({wrong[:3]}...); set the backbone preset "
+            "and in_channels the checkpoint was trained with"
+        )
+    model.load_state_dict({**own, **{k: weights[k] for k in body}})
+    skipped = len(own) - len(body)
+    log.info("loaded %d backbone tensors from %s checkpoint %s", len(body), kind, path)
+    return LoadedWeights(Path(path), kind, len(body), skipped)
+
+
+def segmentation_state(
+    model: Res16UNet, class_map: ClassMap, voxels: VoxelConfig, **extra: Any
+) -> dict[str, Any]:
+    """A weights_only-loadable checkpoint holding everything inference needs."""
+    return {
+        "format": SEGMENTATION_FORMAT,
+        "model": model.state_dict(),
+        "backbone": model.config.model_dump(mode="json"),
+        "class_map": class_map.to_dict(),
+        "voxels": voxels.model_dump(mode="json"),
+        **extra,
+    }
+
+
+@dataclass
+class SegmentationModel:
+    """A trained network with its class map and voxel grid, ready for inference."""
+
+    network: Res16UNet
+    class_map: ClassMap
+    voxels: VoxelConfig
+    device: torch.device
+
+    @torch.no_grad()
+    def predict(
+        self, xyz: npt.NDArray[np.floating], intensity: npt.NDArray[np.floating]
+    ) -> npt.NDArray[np.int64]:
+        """Training ids (N,) of a sweep's points (voxel prediction of each point's voxel)."""
+        if len(xyz) == 0:
+            return np.zeros(0, np.int64)
+        inputs = network_input(xyz, intensity, self.voxels)
+        coords = np.hstack([np.zeros((len(inputs.coords), 1), np.int32), inputs.coords])
+        logits = self.network(
+            torch.from_numpy(coords).to(self.device), torch.from_numpy(inputs.features).to(self.device)
+        )
+        voxel_ids = logits.argmax(dim=1).cpu().numpy()
+        out: npt.NDArray[np.int64] = voxel_ids[inputs.voxels.point_to_voxel].astype(np.int64)
+        return out
+
+    def predict_cloud(self, cloud: PointCloud) -> npt.NDArray[np.int64]:
+        return self.predict(cloud.xyz, cloud.intensity)
+
+
+def load_segmentation_model(path: Path, device: str | torch.device | None = None) -> SegmentationModel:
+    """A segmentation checkpoint as a ready :class:`SegmentationModel` (eval mode)."""
+    state = load_checkpoint(path, formats=(SEGMENTATION_FORMAT,), required=SEGMENTATION_REQUIRED)
+    try:
+        backbone = BackboneConfig.model_validate(state["backbone"])
+        class_map = class_map_from_dict(state["class_map"], source=f"class map of {path}")
+        voxels = VoxelConfig.model_validate(state["voxels"])
+    except (ValueError, TypeError) as err:
+        raise TrainingCheckpointError(f"checkpoint {path} has an invalid description: {err}") from err
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    network = build_backbone(backbone)
+    network.load_state_dict(state["model"])
+    network.to(dev).eval()
+    return SegmentationModel(network, class_map, voxels, dev)

@@ -1,0 +1,107 @@
+"""Multi-GPU / multi-node training through torchrun: one process per GPU, DistributedDataParallel.
+
+torchrun sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` and the rendezvous variables; :func:`init_distributed`
+reads them and joins the process group (NCCL on CUDA, gloo on CPU, which also makes the path testable on a
+CPU-only machine). Without those variables it is a single-process run and nothing is initialised.
+
+    torchrun --nproc-per-node 8 -m lidar_ssl_core pretrain --config cfg.yaml
+    torchrun --nnodes 2 --node-rank 0 --master-addr host0 --nproc-per-node 8 -m lidar_ssl_core pretrain ...
+
+``data.loader.batch_size`` is per process: the global batch is ``batch_size * world_size``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from lidar_ssl_core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in the run."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError as err:
+        raise ConfigError(
+            f"environment variable {name}={value!r} is not an integer (set by torchrun)"
+        ) from err
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or an equivalent launcher) started this process as one of several."""
+    world = _env_int("WORLD_SIZE")
+    return world is not None and world > 1
+
+
+def init_distributed(device: str | None = None, *, timeout_s: float = 1800.0) -> DistContext:
+    """Join the torchrun process group when there is one; pick this process's device.
+
+    ``device`` is the configured device (None = CUDA when available). Under torchrun on CUDA each process
+    takes ``cuda:LOCAL_RANK``. Calling it again returns the existing context.
+    """
+    want = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not launched_by_torchrun():
+        return DistContext(device=want)
+    rank, local_rank, world = _env_int("RANK") or 0, _env_int("LOCAL_RANK") or 0, _env_int("WORLD_SIZE") or 1
+    if want.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices: "
+                "lower torchrun --nproc-per-node"
+            )
+        want = torch.device("cuda", local_rank)
+        torch.cuda.set_device(want)
+    if not dist.is_initialized():
+        backend = "nccl" if want.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        log.info("joined process group: rank %d of %d (%s, %s)", rank, world, backend, want)
+    return DistContext(rank=rank, local_rank=local_rank, world_size=world, device=want)
+
+
+def barrier() -> None:
+    """Wait for every process (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_mean(value: float, device: torch.device) -> float:
+    """Mean of a scalar over the processes (the value itself when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item()) / dist.get_world_size()
