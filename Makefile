@@ -1,5 +1,6 @@
 # Two commands set up a fresh machine and do the work (see README):
-#   make run    - build training samples from the embedded synthetic bag and report them
+#   make run    - pretrain (SLidR, CPU-sized config) on the embedded synthetic bag
+#   make samples - build training samples from the embedded bag and report them
 #   make test   - the whole test suite (real-data fixtures from ../shared/fixtures)
 # Both create or reuse the virtual environment in $(VENV).
 
@@ -10,7 +11,9 @@ STAMP := $(VENV)/.installed
 # CPU torch from the machine's local wheel; on a GPU machine the same pin pulls the CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv run test lint bench clean-venv
+CONFIG ?= configs/cpu_demo.yaml
+
+.PHONY: venv run samples test lint bench clean-venv
 
 venv: $(STAMP)
 
@@ -23,6 +26,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(VENV)/bin/lidar-ssl pretrain --config $(CONFIG) $(ARGS)
+
+samples: $(STAMP)
 	$(VENV)/bin/lidar-ssl samples $(ARGS)
 
 test: $(STAMP)

@@ -118,12 +118,13 @@ def info(
     config: ConfigOption = None,
 ) -> None:
     """Topics of a bag, its calibration and what synchronisation makes of it."""
+    from lidar_ssl_core.bag.discover import expand_bags
     from lidar_ssl_core.bag.reader import BagReader
     from lidar_ssl_core.data.bag_index import index_bag
 
     try:
         cfg = _load(config, bags)
-        for bag in bags:
+        for bag in expand_bags(bags):
             with BagReader(bag) as reader:
                 table = Table(title=str(bag))
                 table.add_column("topic", overflow="fold")
@@ -315,6 +316,7 @@ def pretrain(
     from lidar_ssl_core.train.distributed import init_distributed, shutdown_distributed
     from lidar_ssl_core.train.pretrain import build_pretraining
 
+    trainer = None
     try:
         overrides = parse_sets(sets)
         if method is not None:
@@ -342,7 +344,6 @@ def pretrain(
         elapsed = time.perf_counter() - start
         if not result.finished:
             trainer.save()  # stopped by --max-steps: the next call resumes from here
-        trainer.close()
         losses = result.losses
         if losses and dist.is_main:
             k = max(1, len(losses) // 10)
@@ -354,9 +355,12 @@ def pretrain(
             )
         if dist.is_main:
             console.print(f"checkpoint: {trainer.checkpoint_path}")
-        shutdown_distributed()
     except LidarSslError as err:
         raise fail(err) from err
+    finally:  # also on errors: close TensorBoard's writer and leave the process group
+        if trainer is not None:
+            trainer.close()
+        shutdown_distributed()
 
 
 def _register_subcommands() -> None:

@@ -308,3 +308,79 @@ def test_independent_mcap_reader_decodes_our_bag(tmp_path: Path) -> None:
     x = pts.reshape(msg.width, msg.point_step // 4)[:, 0]
     np.testing.assert_array_equal(x, cloud_columns(0)["x"])
     assert decoded[0].log_time_ns == T0
+
+
+# ------------------------------------------------------------------------------ raw (serialized) access
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_raw_messages_match_deserialized_ones(tmp_path: Path, storage: Any) -> None:
+    write_profile_bag(tmp_path / "a", storage=storage, n_clouds=3)
+    write_profile_bag(tmp_path / "b", n_clouds=1)  # a second bag: merged by log time like messages()
+    with BagReader([tmp_path / "a", tmp_path / "b"]) as r:
+        full = list(r.messages(["/lidar/points", "/tf"]))
+        raw = list(r.raw_messages(["/lidar/points", "/tf"]))
+        assert [(m.topic, m.log_time_ns, m.msgtype) for m in raw] == [
+            (m.topic, m.log_time_ns, m.msgtype) for m in full
+        ]
+        for m_raw, m_full in zip(raw, full, strict=True):
+            assert isinstance(m_raw.raw, bytes | memoryview)
+            again: Any = r.typestore.deserialize_cdr(bytes(m_raw.raw), m_raw.msgtype)
+            if m_raw.topic == "/lidar/points":
+                np.testing.assert_array_equal(again.data, m_full.msg.data)
+                assert again.header.stamp == m_full.msg.header.stamp
+        window = [
+            m.log_time_ns for m in r.raw_messages("/lidar/points", start_ns=T0 + 1, stop_ns=T0 + 3 * STEP)
+        ]
+        assert window == [T0 + STEP, T0 + 2 * STEP]
+        assert len(list(r.raw_messages())) == r.message_count()
+        with pytest.raises(TopicNotFoundError, match="/nope"):
+            list(r.raw_messages(["/nope"]))
+        with pytest.raises(ValueError, match="on_error"):
+            list(r.raw_messages(on_error="ignore"))  # type: ignore[arg-type]
+
+
+def test_raw_messages_of_a_truncated_bag(tmp_path: Path) -> None:
+    """A recovered (cut short) mcap: raw messages up to the damage, then raise or end per on_error."""
+    bag = tmp_path / "bag"
+    with BagWriter(bag) as w:
+        w.add_topic("/lidar/points", PC2)
+        for i in range(40):
+            t = T0 + i * STEP
+            w.write("/lidar/points", t, make_pointcloud2(w.typestore, cloud_columns(i, 2000), t, "l"))
+    cut(bag / "bag.mcap", 0.6)
+    with BagReader(bag) as r:
+        count = r.message_count("/lidar/points")
+        got: list[Any] = []
+        with pytest.raises(BagReadError, match=r"bag\.mcap"):
+            got.extend(r.raw_messages(["/lidar/points"]))
+        assert 10 < len(got) == count
+        skipped = list(r.raw_messages(["/lidar/points"], on_error="skip"))
+        assert [m.log_time_ns for m in skipped] == [T0 + i * STEP for i in range(count)]
+        last = r.typestore.deserialize_cdr(bytes(skipped[-1].raw), PC2)
+        np.testing.assert_array_equal(read_cloud(last)["x"], cloud_columns(count - 1, 2000)["x"])
+        assert len(r.stats.storage_errors) == 2
+
+
+# ------------------------------------------------------------------------------------------ durability
+def test_bag_files_are_fsynced_before_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    synced: list[tuple[str, bool]] = []
+    real_fsync = os.fsync
+    bag = tmp_path / "bag"
+
+    def fsync(fd: int) -> None:
+        name = str(Path(f"/proc/self/fd/{fd}").readlink())
+        synced.append((name, bag.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_profile_bag(bag, n_clouds=1)
+    staging = str(tmp_path / ".bag.partial" / "bag")
+    before = [name for name, renamed in synced if not renamed]
+    assert sorted(before) == [staging, f"{staging}/bag.mcap", f"{staging}/metadata.yaml"]
+    assert [name for name, renamed in synced if renamed] == [str(tmp_path)]  # the rename itself
+    synced.clear()
+    with BagWriter(tmp_path / "fast", sync=False) as w:
+        w.add_topic("/tf", "tf2_msgs/msg/TFMessage")
+    assert synced == []
+    assert (tmp_path / "fast" / "metadata.yaml").is_file()

@@ -91,3 +91,12 @@ def test_overrides_into_empty_or_scalar_sections(tmp_path: Path) -> None:
 def test_directory_as_config_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path)
+
+
+def test_every_shipped_config_file_validates() -> None:
+    """configs/*.yaml (make run's among them) must stay valid as the config schema evolves."""
+    files = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert files, "configs/ holds the config of `make run`"
+    for path in files:
+        cfg = load_config(path)
+        assert cfg.pretrain.epochs >= 1, path

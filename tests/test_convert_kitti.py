@@ -408,3 +408,55 @@ def test_cli_dry_run_convert_and_exit_codes(
         and "sequence_00: ok" in missing.output
         and "sequence_42: failed" in missing.output
     )
+
+
+def test_kitti_raw_bad_stamps_empty_oxts_and_planning_bugs_fail_one_drive(
+    kitti_object_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lidar_ssl_core.convert.kitti_raw as kitti_raw
+
+    raw = tmp_path / "raw"
+    info = _raw_drive(kitti_object_root, raw)
+    day = raw / "2011_09_26"
+    good = day / "2011_09_26_drive_0001_sync"
+    for n in ("0002", "0003", "0004", "0005"):
+        shutil.copytree(good, day / f"2011_09_26_drive_{n}_sync", symlinks=True)
+    empty_oxts = day / "2011_09_26_drive_0002_sync" / "oxts" / "data" / "0000000001.txt"
+    empty_oxts.write_text("")
+    velo_ts = day / "2011_09_26_drive_0003_sync" / "velodyne_points" / "timestamps.txt"
+    velo_ts.write_text(f"{info['velo'][0]}\n{info['velo'][0]}\n")
+    cam_ts = day / "2011_09_26_drive_0004_sync" / "image_02" / "timestamps.txt"
+    cam_ts.write_text(f"{info['cams'][1]}\n{info['cams'][0]}\n")
+    real_oxts_poses = kitti_raw.oxts_poses
+
+    def oxts_poses(rows: F64) -> F64:
+        if rows[0, 1] > 1000.0:
+            raise ZeroDivisionError("a bug")
+        return real_oxts_poses(rows)
+
+    bug = day / "2011_09_26_drive_0005_sync" / "oxts" / "data" / "0000000000.txt"
+    bug.write_text(" ".join(["49.0", "1234.5", *["0.0"] * 28]) + "\n")
+    monkeypatch.setattr(kitti_raw, "oxts_poses", oxts_poses)
+
+    drives = ["0001", "0002", "0003", "0004", "0005"]
+    summary = convert_kitti_raw(raw, "2011_09_26", drives, _opts(tmp_path / "out"), dry_run=True)
+    status = {r.name.split("_")[4]: r for r in summary.results}
+    assert status["0001"].status == "dry-run"
+    assert status["0002"].status == "failed"
+    assert f"oxts file {empty_oxts} is empty" in (status["0002"].error or "")
+    assert f"timestamps file {velo_ts}" in (status["0003"].error or "")
+    assert "entry 2 repeats" in (status["0003"].error or "")
+    assert f"timestamps file {cam_ts}" in (status["0004"].error or "")
+    assert "entry 2 goes back" in (status["0004"].error or "")
+    assert status["0005"].error == "ZeroDivisionError: a bug"
+    assert not (tmp_path / "out").exists()
+
+
+def test_semantickitti_repeated_times_fail_the_sequence(semantickitti_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "sk"
+    base = _sequence(semantickitti_root / "sequences" / "00", root, 3)
+    (base / "times.txt").write_text("0.0\n0.1\n0.1\n")
+    summary = convert_semantickitti(root, ["05"], _opts(tmp_path / "out"), dry_run=True)
+    (result,) = summary.results
+    assert result.status == "failed"
+    assert f"times file {base / 'times.txt'}: the stamp of entry 3 repeats" in (result.error or "")

@@ -312,3 +312,34 @@ def test_unknown_scene_and_missing_tables(nuscenes_root: Path, tmp_path: Path) -
     assert summary.failed and "missing.jpg" in (summary.failed[0].error or "")
     assert not (tmp_path / "o" / "scene-0061").exists()
     shutil.rmtree(root)
+
+
+def test_repeated_stamps_and_unexpected_planning_errors_fail_only_the_scene(
+    nuscenes_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LiDAR sweep sharing its keyframe's timestamp fails the scene, named; a bug in planning too."""
+    import lidar_ssl_core.convert.nuscenes as nus
+
+    root = tmp_path / "nus"
+    tables = _clone(nuscenes_root, root)
+    key = next(sd for sd in tables["sample_data"] if "LIDAR_TOP" in sd["filename"])
+    sweep = dict(key, token="sweep1", is_key_frame=False, prev=key["token"], next="")
+    key["next"] = "sweep1"
+    tables["sample_data"].append(sweep)  # same timestamp as the keyframe
+    _write_tables(root, tables)
+    summary = convert_nuscenes(root, "v1.0-mini", ConvertOptions(out_dir=tmp_path / "o"), dry_run=True)
+    (result,) = summary.results
+    assert result.status == "failed" and result.name == "scene-0061"
+    assert "LIDAR_TOP sample_data timestamps" in (result.error or "")
+    assert "repeats" in (result.error or "")
+
+    def broken(*args: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(nus, "_plan_scene", broken)
+    summary = convert_nuscenes(
+        nuscenes_root, "v1.0-mini", ConvertOptions(out_dir=tmp_path / "o"), dry_run=True
+    )
+    assert [(r.name, r.status, r.error) for r in summary.results] == [
+        ("scene-0061", "failed", "ZeroDivisionError: a bug")
+    ]

@@ -32,7 +32,7 @@ from lidar_ssl_core.downstream.model import (
     load_segmentation_model,
 )
 from lidar_ssl_core.downstream.train import SegmentationTrainer, select_training_sweeps
-from lidar_ssl_core.errors import ConfigError, DatasetError
+from lidar_ssl_core.errors import ConfigError, DatasetError, LidarSslError
 from lidar_ssl_core.models.unet import BackboneConfig
 from lidar_ssl_core.msg import read_cloud
 from lidar_ssl_core.resources import default_bag
@@ -249,3 +249,68 @@ def test_cli_chain_pretrain_probe_evaluate_segment(tmp_path: Path) -> None:
         finite = np.isfinite(xyz).all(1)
         expected = seg_model.predict(xyz[finite], cloud["intensity"][finite])
         np.testing.assert_array_equal(labels[finite], expected)  # the bag holds the model's predictions
+
+
+def test_setting_one_backbone_key_keeps_the_downstream_defaults() -> None:
+    cfg = load_config(overrides={"downstream.backbone.preset": "small"}).downstream
+    assert cfg.backbone.preset == "small" and cfg.backbone.bn_momentum == 0.02 and not cfg.backbone.normalize
+
+
+def test_fraction_draw_is_by_bag_name_and_warns_when_scenes_are_too_long(
+    sweeps: list[SweepRef], caplog: pytest.LogCaptureFixture
+) -> None:
+    here = [SweepRef(Path("/data/x") / f"scene-{i}", "/l", i, i) for i in range(6) for _ in range(2)]
+    there = [SweepRef(Path("/mnt/y") / s.bag.name, s.topic, s.log_time_ns, s.stamp_ns) for s in here]
+    a = select_training_sweeps(here, 0.3, seed=1, block_frames=4)
+    b = select_training_sweeps(there, 0.3, seed=1, block_frames=4)
+    assert [s.bag.name for s in a] == [s.bag.name for s in b]  # same scenes wherever the data lives
+    with caplog.at_level("WARNING"):
+        select_training_sweeps(here[:4], 0.1, seed=1, block_frames=4)  # 2 scenes: at least 50 % drawn
+    assert "too long for this fraction" in caplog.text
+
+
+def test_an_interrupted_finetune_resumes_after_its_last_epoch(
+    tmp_path: Path, data: DataConfig, sweeps: list[SweepRef]
+) -> None:
+    full = SegmentationTrainer(_downstream(tmp_path / "a", epochs=2), data, SYNTHETIC, "finetune", sweeps[:2])
+    full.fit()
+    cut = SegmentationTrainer(_downstream(tmp_path / "b", epochs=2), data, SYNTHETIC, "finetune", sweeps[:2])
+    cut.train_epoch(0)
+    cut.save(1)  # what fit() writes at the end of epoch 1; then the process dies
+    again = SegmentationTrainer(
+        _downstream(tmp_path / "b", epochs=2), data, SYNTHETIC, "finetune", sweeps[:2]
+    )
+    assert again.resume() and again.start_epoch == 1
+    again.fit()
+    for k, v in full.network.state_dict().items():
+        torch.testing.assert_close(again.network.state_dict()[k], v, msg=k)
+    other = SegmentationTrainer(
+        _downstream(tmp_path / "b", epochs=3), data, SYNTHETIC, "finetune", sweeps[:2]
+    )
+    with pytest.raises(LidarSslError, match="belongs to another run"):
+        other.resume()
+
+
+def test_evaluation_skips_an_unreadable_sweep_instead_of_counting_another_twice(
+    tmp_path: Path, data: DataConfig, sweeps: list[SweepRef]
+) -> None:
+    bad = SweepRef(sweeps[0].bag, sweeps[0].topic, sweeps[0].log_time_ns + 1, 0)  # no message there
+    ds = LabelledSweepDataset([sweeps[0], bad], data, SYNTHETIC, train=False)
+    batch = collate_sweeps([ds[0], ds[1]])
+    assert batch["sources"] == [ds[0].source] and len(batch["skipped"]) == 1  # type: ignore[union-attr]
+    model = build_segmentation_model(TINY, SYNTHETIC.num_classes)
+    from torch.utils.data import DataLoader
+
+    from lidar_ssl_core.downstream.train import evaluate
+
+    cm = evaluate(model, DataLoader(ds, batch_size=2, collate_fn=collate_sweeps), 9, torch.device("cpu"))
+    assert cm.total == int((ds[0].labels != IGNORE_INDEX).sum())  # type: ignore[union-attr]
+
+
+def test_a_folder_of_bags_stands_for_the_bags_inside(tmp_path: Path, data: DataConfig) -> None:
+    """A converter's output folder (one bag per scene) can be given as one path."""
+    for name, seed in (("scene-a", 1), ("scene-b", 2)):
+        write_synthetic_bag(tmp_path / "out" / name, preset("tiny", n_frames=2, seed=seed))
+    index = index_labelled_sweeps([tmp_path / "out"], data)
+    assert sorted({s.bag.name for s in index.sweeps}) == ["scene-a", "scene-b"] and len(index.sweeps) == 4
+    assert index.scenes() == {str(tmp_path / "out" / "scene-a"): 2, str(tmp_path / "out" / "scene-b"): 2}

@@ -19,6 +19,7 @@ from lidar_ssl_core.msg.pointcloud2 import (
     cloud_to_pointcloud_counted,
     encode_cloud,
     make_pointcloud2,
+    pointcloud2_header_and_fields,
     read_cloud,
 )
 
@@ -343,3 +344,137 @@ def test_nuscenes_sweep_round_trip_and_speed(nuscenes_root: Path) -> None:
         read_cloud(msg)
         timings.append(time.perf_counter() - t0)
     assert float(np.median(timings)) < 1e-3  # measured ~5 us: a view, no copy
+
+
+# ------------------------------------------------------------------- serialized prefix (no deserialization)
+def pc2_message(fields: list[tuple[str, int, int, int]], frame_id: str, stamp_ns: int, n: int = 7) -> Any:
+    """A PointCloud2 of the rosbags typestore with exactly these (name, offset, datatype, count) fields."""
+    field_cls = TS.types["sensor_msgs/msg/PointField"]
+    step = max((off + 8 * cnt for _, off, _, cnt in fields), default=0)
+    sec, nanosec = divmod(stamp_ns, 1_000_000_000)
+    header = TS.types["std_msgs/msg/Header"](
+        stamp=TS.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id
+    )
+    return TS.types[PC2](
+        header=header,
+        height=1,
+        width=n,
+        fields=[field_cls(name=a, offset=b, datatype=c, count=d) for a, b, c, d in fields],
+        is_bigendian=False,
+        point_step=step,
+        row_step=step * n,
+        data=np.arange(step * n, dtype=np.uint64).astype(np.uint8),
+        is_dense=True,
+    )
+
+
+PREFIX_LAYOUTS = {
+    "profile": ([("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("intensity", 12, 7, 1)], "lidar_top"),
+    "label": ([("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("ring", 12, 4, 1), ("label", 14, 4, 1)], "l"),
+    "no_fields": ([], "lidar_top"),
+    "empty_names": ([("", 0, 2, 1), ("a", 1, 8, 3), ("", 25, 1, 0)], ""),
+    "long_frame": ([("xyz", 0, 7, 3)], "frame_" + "é" * 300 + "x" * 1001),
+    "odd_lengths": ([("ab", 0, 1, 1), ("abc", 1, 1, 1), ("abcd", 2, 1, 1), ("abcde", 3, 1, 1)], "abc"),
+}
+
+
+@pytest.mark.parametrize("little_endian", [True, False], ids=["le", "be"])
+@pytest.mark.parametrize("layout", sorted(PREFIX_LAYOUTS))
+@pytest.mark.parametrize("stamp_ns", [0, STAMP, 2**31 * 1_000_000_000 - 1, -1_500_000_000])
+def test_header_and_fields_equal_full_deserialization(
+    layout: str, little_endian: bool, stamp_ns: int
+) -> None:
+    fields, frame = PREFIX_LAYOUTS[layout]
+    msg = pc2_message(fields, frame, stamp_ns)
+    raw = TS.serialize_cdr(msg, PC2, little_endian=little_endian)
+    full: Any = TS.deserialize_cdr(raw, PC2)
+    head = pointcloud2_header_and_fields(raw)
+    assert tuple(head) == (
+        full.header.stamp.sec * 1_000_000_000 + full.header.stamp.nanosec,
+        full.header.frame_id,
+        tuple(f.name for f in full.fields),
+    )
+    assert head.stamp_ns == stamp_ns and head.frame_id == frame
+    assert head.field_names == tuple(f[0] for f in fields)
+    assert pointcloud2_header_and_fields(bytes(raw)) == head  # bytes and memoryview alike
+
+
+def test_header_and_fields_of_profile_clouds_in_a_bag(tmp_path: Path) -> None:
+    """Clouds written by BagWriter and read back raw: the label field is found without decoding data."""
+    from lidar_ssl_core.bag import BagWriter, open_bag
+
+    rng = np.random.default_rng(0)
+    with BagWriter(tmp_path / "b") as w:
+        w.add_topic("/lidar/points", PC2)
+        for i in range(4):
+            cols = {c: rng.normal(size=300).astype(np.float32) for c in ("x", "y", "z", "intensity")}
+            if i % 2:
+                cols["label"] = rng.integers(0, 9, 300).astype(np.uint16)
+            w.write("/lidar/points", STAMP + i, make_pointcloud2(w.typestore, cols, STAMP + i, "lidar_top"))
+    with open_bag(tmp_path / "b") as r:
+        heads = [pointcloud2_header_and_fields(m.raw) for m in r.raw_messages(["/lidar/points"])]
+    assert [h.stamp_ns for h in heads] == [STAMP + i for i in range(4)]
+    assert ["label" in h.field_names for h in heads] == [False, True, False, True]
+    assert {h.frame_id for h in heads} == {"lidar_top"}
+
+
+def _garbled() -> dict[str, bytes]:
+    good = bytes(TS.serialize_cdr(pc2_message(PREFIX_LAYOUTS["label"][0], "lidar_top", STAMP), PC2))
+    n_fields_at = 4 + 8 + 4 + len("lidar_top") + 1  # encapsulation, stamp, frame_id length + bytes
+    n_fields_at = (n_fields_at + 3) // 4 * 4 + 8
+    huge = bytearray(good)
+    huge[n_fields_at : n_fields_at + 4] = (10**6).to_bytes(4, "little")
+    no_nul = bytearray(good)
+    no_nul[12 + 4 + len("lidar_top")] = ord("x")
+    bad_utf8 = bytearray(good)
+    bad_utf8[16] = 0xFF
+    bad_nsec = bytearray(good)
+    bad_nsec[8:12] = (2_000_000_000).to_bytes(4, "little")
+    long_frame = bytearray(good)
+    long_frame[12:16] = (len(good)).to_bytes(4, "little")
+    return {
+        "empty": b"",
+        "encapsulation_only": good[:4],
+        "cut_in_stamp": good[:10],
+        "cut_in_frame_id": good[:18],
+        "cut_before_fields": good[: n_fields_at + 2],
+        "cut_in_fields": good[: n_fields_at + 30],
+        "xcdr2": b"\x00\x07" + good[2:],
+        "not_cdr": b"\x89PNG\r\n\x1a\n" + good[8:],
+        "random": np.random.default_rng(3).integers(0, 256, 200, dtype=np.uint8).tobytes(),
+        "huge_field_count": bytes(huge),
+        "frame_id_without_nul": bytes(no_nul),
+        "frame_id_not_utf8": bytes(bad_utf8),
+        "nanosec_out_of_range": bytes(bad_nsec),
+        "frame_id_past_end": bytes(long_frame),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_garbled()))
+def test_header_and_fields_garbage_raises(case: str) -> None:
+    with pytest.raises(MalformedMessageError, match="PointCloud2 CDR"):
+        pointcloud2_header_and_fields(_garbled()[case])
+
+
+def test_header_and_fields_is_much_faster_than_deserializing() -> None:
+    """A ~35k-point profile cloud (x y z intensity ring label): the prefix costs microseconds."""
+    n = 34_720
+    rng = np.random.default_rng(1)
+    cols = {c: rng.normal(size=n).astype(np.float32) for c in ("x", "y", "z", "intensity")}
+    cols["ring"] = (np.arange(n) % 32).astype(np.uint16)
+    cols["label"] = rng.integers(0, 31, n).astype(np.uint16)
+    raw = bytes(TS.serialize_cdr(make_pointcloud2(TS, cols, STAMP, "lidar_top"), PC2))
+
+    def best(fn: Any, reps: int) -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn(raw)
+            times.append((time.perf_counter() - t0) / reps)
+        return min(times)
+
+    t_prefix = best(pointcloud2_header_and_fields, 200)
+    t_full = best(lambda b: TS.deserialize_cdr(b, PC2), 50)
+    assert pointcloud2_header_and_fields(raw).field_names == ("x", "y", "z", "intensity", "ring", "label")
+    assert t_prefix < t_full  # the measured ratio is in the report / docs, not asserted tightly

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lidar_ssl_core.config import DataConfig, load_config
-from lidar_ssl_core.errors import LidarSslError
+from lidar_ssl_core.errors import ConfigError, LidarSslError
 from lidar_ssl_core.synth import preset
 from lidar_ssl_core.synth.bagfile import write_synthetic_bag
 from lidar_ssl_core.train import (
@@ -216,6 +216,14 @@ def test_config_is_strict_and_has_the_paper_defaults() -> None:
         PretrainConfig.model_validate({"method": "pointcontrast"})
     with pytest.raises(ValueError):
         cfg.lr = 1.0  # type: ignore[misc]
+
+
+def test_sync_batchnorm_off_cuda_is_a_config_error_naming_the_setting(tmp_path: Path) -> None:
+    # rejected before anything is built (SyncBatchNorm would fail at the first step on CPU / gloo)
+    with pytest.raises(ConfigError, match=r"pretrain\.sync_batchnorm.*cpu"):
+        build_pretraining(
+            _config(tmp_path, sync_batchnorm=True), _data(), bags=[tmp_path / "none"], device="cpu"
+        )
 
 
 def test_missing_scheduler_state_is_a_warning_not_a_crash(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lidar_ssl_core.bag.reader import BagMessage, BagReader, ReadStats, open_bag
+from lidar_ssl_core.bag.discover import expand_bags, find_bags, is_bag
+from lidar_ssl_core.bag.reader import BagMessage, BagReader, RawBagMessage, ReadStats, open_bag
 from lidar_ssl_core.bag.typestore import default_read_typestore, normalize_msgtype, typestore_for
 from lidar_ssl_core.bag.writer import BagWriter, make_qos
 
@@ -10,8 +11,12 @@ __all__ = [
     "BagMessage",
     "BagReader",
     "BagWriter",
+    "RawBagMessage",
     "ReadStats",
     "default_read_typestore",
+    "expand_bags",
+    "find_bags",
+    "is_bag",
     "make_qos",
     "normalize_msgtype",
     "open_bag",

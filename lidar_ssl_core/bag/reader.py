@@ -75,6 +75,15 @@ class ReadStats:
         return sum(sum(c.values()) for c in self.skipped.values())
 
 
+class RawBagMessage(NamedTuple):
+    """One message as stored (CDR bytes, not deserialized); ``log_time_ns`` is the bag (log) time."""
+
+    topic: str
+    log_time_ns: int
+    msgtype: str
+    raw: bytes | memoryview
+
+
 class _RawMessage(NamedTuple):
     log_time_ns: int
     topic: str
@@ -617,6 +626,41 @@ class BagReader:
         on_error: OnError = "raise",
     ) -> Iterator[BagMessage]:
         """Deserialized messages of ``topics`` (all when None) with start_ns <= log time < stop_ns."""
+        for raw, source in self._merged(topics, start_ns, stop_ns, on_error):
+            try:
+                msg = source.deserialize(raw.raw, raw.msgtype)
+            except Exception as err:  # any failure of one message must not stop the stream
+                self._skip(raw, err)
+                continue
+            self.stats.read[raw.topic] += 1
+            yield BagMessage(raw.topic, raw.msgtype, raw.log_time_ns, msg)
+
+    def raw_messages(
+        self,
+        topics: Iterable[str] | None = None,
+        *,
+        start_ns: int | None = None,
+        stop_ns: int | None = None,
+        on_error: OnError = "raise",
+    ) -> Iterator[RawBagMessage]:
+        """Serialized (CDR) messages, not deserialized: for indexing a bag without decoding every cloud.
+
+        Same selection, order, damage handling and ``on_error`` as ``messages``. ``raw`` is the message
+        as stored (4-byte CDR encapsulation header first), ``bytes`` or a read-only ``memoryview``; it
+        stays valid after the iteration moves on (it keeps its buffer alive), so it may be kept.
+        """
+        for raw, _ in self._merged(topics, start_ns, stop_ns, on_error):
+            self.stats.read[raw.topic] += 1
+            yield RawBagMessage(raw.topic, raw.log_time_ns, raw.msgtype, raw.raw)
+
+    def _merged(
+        self,
+        topics: Iterable[str] | None,
+        start_ns: int | None,
+        stop_ns: int | None,
+        on_error: OnError,
+    ) -> Iterator[tuple[_RawMessage, _Source]]:
+        """Raw messages of every source merged by log time; storage errors handled per ``on_error``."""
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         sources = self._open_sources
@@ -624,7 +668,7 @@ class BagReader:
         if topics is None:
             wanted = set(available)
         else:
-            wanted = set(topics)
+            wanted = {topics} if isinstance(topics, str) else set(topics)
             if missing := sorted(wanted - set(available)):
                 raise TopicNotFoundError(
                     f"topics {missing} not found in {', '.join(map(str, self.paths))}; "
@@ -634,15 +678,9 @@ class BagReader:
         streams = [
             self._guarded(s, s.raw(wanted & set(s.topics), start_ns, stop_ns), errors) for s in sources
         ]
-        merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda x: x[0].log_time_ns)
-        for raw, source in merged:
-            try:
-                msg = source.deserialize(raw.raw, raw.msgtype)
-            except Exception as err:  # any failure of one message must not stop the stream
-                self._skip(raw, err)
-                continue
-            self.stats.read[raw.topic] += 1
-            yield BagMessage(raw.topic, raw.msgtype, raw.log_time_ns, msg)
+        yield from (
+            streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda x: x[0].log_time_ns)
+        )
         if errors:
             self.stats.storage_errors.extend(errors)
             if on_error == "raise":
@@ -683,4 +721,4 @@ def open_bag(
     return BagReader(paths, typestore=typestore, recover=recover).open()
 
 
-__all__ = ["BagMessage", "BagReader", "OnError", "ReadStats", "open_bag"]
+__all__ = ["BagMessage", "BagReader", "OnError", "RawBagMessage", "ReadStats", "open_bag"]

@@ -247,6 +247,8 @@ def run_unit(
             distro=options.distro,
             storage=options.storage,
             compress=options.compress,
+            # zstd level 1: ~2x the speed of level 3 for ~10 % more bytes on point clouds (docs/converters.md)
+            compression_level=1,
             overwrite=options.overwrite,
         ) as writer:
             unit.write(writer, options.topics or Topics.from_profile(), advance)
@@ -368,7 +370,11 @@ def read_bytes(path: Path, what: str) -> bytes:
 
 
 def read_float_records(path: Path, width: int, what: str) -> tuple[npt.NDArray[np.float32], int]:
-    """(N, width) float32 from a raw little-endian .bin; a size not a multiple of a record is truncated."""
+    """(N, width) float32 from a raw little-endian .bin; a size not a multiple of a record is a DatasetError.
+
+    A cut-short scan is refused rather than silently dropping its partial last point: it means the copy
+    of the dataset is damaged, and the error names the file to fetch again.
+    """
     raw = read_bytes(path, what)
     record = 4 * width
     if len(raw) % record:
@@ -529,13 +535,36 @@ def add_profile_topics(
 
 
 def check_consistent_stamps(stamps: Sequence[int], what: str) -> None:
-    """Stamps of one sensor must strictly increase (else the dataset's timestamps file is broken)."""
+    """Stamps of one sensor, in frame order, must strictly increase (unique per topic).
+
+    Messages are written sorted by stamp, so a repeated or backwards stamp would silently reorder or
+    pair the wrong frames; it means the dataset's timestamps are broken, and only that unit fails.
+    ``what`` names the file or sensor; entries are counted from 1 (a line of a timestamps file).
+    """
     arr = np.asarray(stamps, dtype=np.int64)
-    if arr.size > 1 and np.any(np.diff(arr) <= 0):
-        bad = int(np.nonzero(np.diff(arr) <= 0)[0][0])
+    if arr.size < 2:
+        return
+    step = np.diff(arr)
+    if np.any(step <= 0):
+        bad = int(np.nonzero(step <= 0)[0][0])
+        how = "repeats" if step[bad] == 0 else "goes back"
         raise DatasetError(
-            f"{what}: stamps do not increase at entry {bad + 1} ({arr[bad]} -> {arr[bad + 1]})"
+            f"{what}: the stamp of entry {bad + 2} {how} ({arr[bad]} ns at entry {bad + 1}, "
+            f"{arr[bad + 1]} ns at entry {bad + 2}); stamps of one sensor must strictly increase"
         )
+
+
+def plan_failure(kind: str, name: str, err: Exception) -> tuple[str, str]:
+    """(unit name, error) of a unit that cannot be planned; an unexpected error is logged with traceback.
+
+    The ``plan_*`` functions catch every exception per unit, as ``run_unit`` does per bag, so one odd
+    file (an empty oxts row, a table that does not match) fails only its unit.
+    """
+    if isinstance(err, LidarSslError):
+        log.error("%s %s: %s", kind, name, err)
+        return name, str(err)
+    log.error("%s %s: unexpected error while planning", kind, name, exc_info=err)
+    return name, f"{type(err).__name__}: {err}"
 
 
 __all__ = [
@@ -556,9 +585,11 @@ __all__ = [
     "Topics",
     "UnitResult",
     "add_profile_topics",
+    "check_consistent_stamps",
     "default_workers",
     "dry_run",
     "orthonormal",
+    "plan_failure",
     "read_bytes",
     "read_float_records",
     "read_labels",

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lidar_ssl_core.convert.common import ConvertOptions, ConvertSummary, ProgressCallback, execute
+from lidar_ssl_core.convert.common import (
+    ConvertOptions,
+    ConvertSummary,
+    ProgressCallback,
+    check_consistent_stamps,
+    execute,
+    plan_failure,
+)
 from lidar_ssl_core.convert.kitti import (
     COLOR_CAMERAS,
     ImageItem,
@@ -29,7 +36,7 @@ from lidar_ssl_core.convert.kitti import (
     read_calib_file,
     rectified_camera,
 )
-from lidar_ssl_core.errors import DatasetError, LidarSslError
+from lidar_ssl_core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,7 @@ def plan_kitti_object(
             f"{base / 'velodyne'} has no <frame>.bin scan (is --root the KITTI object folder?)"
         )
     images = {i: numbered_files(base / f"image_{i}", ".png") for i in COLOR_CAMERAS}
-    wanted = sorted(velodyne) if frames is None else sorted(frames)
+    wanted = sorted(velodyne) if frames is None else sorted(set(frames))
     groups: dict[bytes, list[tuple[int, LidarItem, list[ImageItem]]]] = {}
     cams_of_group: dict[bytes, tuple] = {}
     problems: list[tuple[str, str]] = []
@@ -61,18 +68,23 @@ def plan_kitti_object(
             if idx not in velodyne:
                 raise DatasetError(f"velodyne file {base / 'velodyne' / f'{idx:06d}.bin'} is missing")
             key, cameras, items = _frame(base, idx, images, start_ns)
-        except LidarSslError as err:
-            log.error("kitti-object frame %06d left out: %s", idx, err)
-            problems.append((f"{split}_frame_{idx:06d}", str(err)))
+        except Exception as err:  # one odd frame must not stop the others (as run_unit does per bag)
+            problems.append(plan_failure("kitti-object frame", f"{split}_frame_{idx:06d}", err))
             continue
         stamp = start_ns + idx * FRAME_PERIOD_NS
         groups.setdefault(key, []).append((idx, LidarItem(stamp, velodyne[idx]), items))
         cams_of_group.setdefault(key, cameras)
     units = []
     for k, (key, members) in enumerate(groups.items()):
+        name = f"{split}_calib{k}"
+        try:  # the synthetic clock increases with the (unique, sorted) frame index: a guard, cheap
+            check_consistent_stamps([m[1].stamp_ns for m in members], f"{name}: synthetic frame stamps")
+        except DatasetError as err:
+            problems.append(plan_failure("kitti-object group", name, err))
+            continue
         units.append(
             KittiUnit(
-                name=f"{split}_calib{k}",
+                name=name,
                 scans=tuple(m[1] for m in members),
                 images=tuple(i for m in members for i in m[2]),
                 cameras=cams_of_group[key],

@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from lidar_ssl_core.convert.common import ConvertOptions, ConvertSummary, ProgressCallback, execute
+from lidar_ssl_core.convert.common import (
+    ConvertOptions,
+    ConvertSummary,
+    ProgressCallback,
+    check_consistent_stamps,
+    execute,
+    plan_failure,
+)
 from lidar_ssl_core.convert.kitti import (
     COLOR_CAMERAS,
     ImageItem,
@@ -39,7 +46,7 @@ from lidar_ssl_core.convert.kitti import (
     read_timestamps,
     rectified_camera,
 )
-from lidar_ssl_core.errors import DatasetError, LidarSslError
+from lidar_ssl_core.errors import DatasetError
 from lidar_ssl_core.geometry.transforms import Matrix4, interpolate, invert, make_transform
 
 log = logging.getLogger(__name__)
@@ -90,8 +97,11 @@ def _rt(calib: dict[str, npt.NDArray[np.float64]], path: Path) -> Matrix4:
     )
 
 
-def _sensor(folder: Path, suffix: str) -> tuple[dict[int, Path], list[int]]:
-    """Files by frame number and the sensor's stamps; every file needs a line in timestamps.txt."""
+def _sensor(folder: Path, suffix: str, *, strict: bool = True) -> tuple[dict[int, Path], list[int]]:
+    """Files by frame number and the sensor's stamps; every file needs a line in timestamps.txt.
+
+    ``strict``: the stamps of the files, in frame order, must strictly increase (oxts stamps may repeat).
+    """
     files = numbered_files(folder / "data", suffix)
     if not files:
         return {}, []
@@ -102,6 +112,10 @@ def _sensor(folder: Path, suffix: str) -> tuple[dict[int, Path], list[int]]:
             f"timestamps file {folder / 'timestamps.txt'} has {len(stamps)} lines but {folder / 'data'} has "
             f"frame {max(beyond)}"
         )
+    if strict:
+        check_consistent_stamps(
+            [stamps[k] for k in sorted(files)], f"timestamps file {folder / 'timestamps.txt'}"
+        )
     return files, stamps
 
 
@@ -110,9 +124,8 @@ def plan_drives(root: Path, date: str, drives: list[str]) -> tuple[list[KittiUni
     for drive in drives:
         try:
             units.append(plan_drive(Path(root), date, drive))
-        except LidarSslError as err:
-            log.error("drive %s: %s", drive, err)
-            problems.append((drive_name(date, drive), str(err)))
+        except Exception as err:  # one odd drive must not stop the others (as run_unit does per bag)
+            problems.append(plan_failure("drive", drive_name(date, drive), err))
     return units, problems
 
 
@@ -148,14 +161,14 @@ def plan_drive(root: Path, date: str, drive: str) -> KittiUnit:
 
 
 def _poses(root: Path, date: str, base: Path, sensor_stamps: list[int]) -> tuple[tuple[int, Matrix4], ...]:
-    files, stamps = _sensor(base / "oxts", ".txt")
+    files, stamps = _sensor(base / "oxts", ".txt", strict=False)
     if not files:
         log.warning("%s: no oxts data, the bag has no ego poses", base)
         return ()
     imu_path = root / date / "calib_imu_to_velo.txt"
     T_imu_velo = invert(_rt(read_calib_file(imu_path), imu_path))
     order = sorted(files)
-    rows = np.stack([read_matrix_rows(files[k], 30, "oxts")[0] for k in order])
+    rows = np.stack([_oxts_row(files[k]) for k in order])
     world_imu = oxts_poses(rows)
     map_base = np.linalg.inv(world_imu[0]) @ world_imu @ T_imu_velo
     by_stamp: dict[int, Matrix4] = {}
@@ -179,6 +192,14 @@ def _poses(root: Path, date: str, base: Path, sensor_stamps: list[int]) -> tuple
     if missing:
         log.warning("%s: %d sensor stamps are beyond the oxts data; they have no ego pose", base, missing)
     return tuple((s, out[s]) for s in sorted(out))
+
+
+def _oxts_row(path: Path) -> npt.NDArray[np.float64]:
+    """The one sample of an oxts file (30 numbers; an empty file is a DatasetError naming it)."""
+    rows = read_matrix_rows(path, 30, "oxts")
+    if rows.shape[0] == 0:
+        raise DatasetError(f"oxts file {path} is empty; expected one line of 30 numbers")
+    return np.asarray(rows[0], dtype=np.float64)
 
 
 def convert_kitti_raw(

@@ -31,16 +31,18 @@ from lidar_ssl_core.convert.common import (
     ProgressCallback,
     Topics,
     add_profile_topics,
+    check_consistent_stamps,
     execute,
     image_message,
     info_message,
     lidar_message,
+    plan_failure,
     read_bytes,
     read_float_records,
     read_labels,
     tf_message,
 )
-from lidar_ssl_core.errors import ConfigError, DatasetError, LidarSslError
+from lidar_ssl_core.errors import ConfigError, DatasetError
 from lidar_ssl_core.geometry.transforms import Matrix4, transform_from_quat
 from lidar_ssl_core.types import CameraIntrinsics, StampedTransform
 
@@ -192,11 +194,11 @@ def plan_nuscenes(
     for name in names:
         try:
             units.append(_plan_scene(nusc, Path(dataroot), by_name[name], labels, sweeps))
-        except LidarSslError as err:
-            log.error("scene %s: %s", name, err)
-            problems.append((name, str(err)))
         except KeyError as err:
+            log.error("scene %s: token %s is referenced but missing", name, err)
             problems.append((name, f"a table does not match: token {err} is referenced but missing"))
+        except Exception as err:  # one odd scene must not stop the others (as run_unit does per bag)
+            problems.append(plan_failure("scene", name, err))
     return units, problems
 
 
@@ -243,6 +245,9 @@ def _plan_scene(
             log.warning("scene %s has no %s data", name, channel)
             continue
         frame = LIDAR_FRAME if channel == LIDAR_CHANNEL else camera_name(channel)
+        check_consistent_stamps(
+            [int(r["timestamp"]) * 1000 for r in records], f"scene {name}: {channel} sample_data timestamps"
+        )
         cs_tokens = {r["calibrated_sensor_token"] for r in records}
         if len(cs_tokens) != 1:
             raise DatasetError(f"scene {name}: {channel} has {len(cs_tokens)} calibrations; expected one")

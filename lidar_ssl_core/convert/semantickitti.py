@@ -14,13 +14,19 @@ size is given (``image_size``), since KITTI calibration does not say it.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from lidar_ssl_core.convert.common import ConvertOptions, ConvertSummary, ProgressCallback, execute
+from lidar_ssl_core.convert.common import (
+    ConvertOptions,
+    ConvertSummary,
+    ProgressCallback,
+    check_consistent_stamps,
+    execute,
+    plan_failure,
+)
 from lidar_ssl_core.convert.kitti import (
     COLOR_CAMERAS,
     ImageItem,
@@ -34,7 +40,7 @@ from lidar_ssl_core.convert.kitti import (
     read_matrix_rows,
     rectified_camera,
 )
-from lidar_ssl_core.errors import DatasetError, LidarSslError
+from lidar_ssl_core.errors import DatasetError
 from lidar_ssl_core.geometry.transforms import invert
 
 log = logging.getLogger(__name__)
@@ -55,9 +61,8 @@ def plan_semantickitti(
     for seq in sequences:
         try:
             units.append(plan_sequence(Path(root), seq, image_size=image_size, start_ns=start_ns))
-        except LidarSslError as err:
-            log.error("sequence %s: %s", seq, err)
-            problems.append((sequence_name(seq), str(err)))
+        except Exception as err:  # one odd sequence must not stop the others (as run_unit does per bag)
+            problems.append(plan_failure("sequence", sequence_name(seq), err))
     return units, problems
 
 
@@ -92,8 +97,7 @@ def plan_sequence(
     else:
         log.info("%s: no times.txt, stamping scans at 10 Hz", base)
         stamps = [start_ns + i * SCAN_PERIOD_NS for i in order]
-    if any(b <= a for a, b in itertools.pairwise(stamps)):
-        raise DatasetError(f"times file {times_path}: times do not increase")
+    check_consistent_stamps(stamps, f"times file {times_path}" if times_path.is_file() else f"{base} scans")
 
     calib_path = base / "calib.txt"
     calib = read_calib_file(calib_path)

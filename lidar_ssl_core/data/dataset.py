@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lidar_ssl_core.bag.discover import expand_bags
 from lidar_ssl_core.config import DataConfig
 from lidar_ssl_core.data.bag_index import BagIndex, index_bag
 from lidar_ssl_core.data.frames import FrameLoader, ReaderPool
@@ -43,7 +44,8 @@ class PairedBagDataset(Dataset[TrainingSample]):
         bags: Sequence[Path] | None = None,
         max_open_bags: int = 16,
     ) -> None:
-        paths = list(bags if bags is not None else config.bags) or [default_bag()]
+        # a folder of bags (a converter's output) or a quoted glob stands for the bags it holds
+        paths = expand_bags(list(bags if bags is not None else config.bags) or [default_bag()])
         self.config = config
         self.train = train
         self.seed = seed

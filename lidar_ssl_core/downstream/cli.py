@@ -23,6 +23,7 @@ Pretrained = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(help="pretraining (or segmentation) checkpoint; none = random init"),
 ]
+ResumeOption = Annotated[bool, typer.Option(help="continue from run_dir/model_last.pt when present")]
 RunDir = Annotated[Optional[Path], typer.Option(help="output folder")]  # noqa: UP045
 Fraction = Annotated[Optional[float], typer.Option(help="share of training scenes, e.g. 0.01")]  # noqa: UP045
 
@@ -35,7 +36,9 @@ def _config(config: Path | None, sets: list[str] | None, overrides: dict[str, An
     return load_config(config, values)
 
 
-def _train(mode: Mode, config: Path | None, sets: list[str] | None, overrides: dict[str, Any]) -> None:
+def _train(
+    mode: Mode, config: Path | None, sets: list[str] | None, overrides: dict[str, Any], resume: bool
+) -> None:
     from lidar_ssl_core.config import dump_config
     from lidar_ssl_core.downstream.classes import load_class_map
     from lidar_ssl_core.downstream.data import index_labelled_sweeps
@@ -60,6 +63,8 @@ def _train(mode: Mode, config: Path | None, sets: list[str] | None, overrides: d
         f"{'from ' + str(ds.pretrained) if ds.pretrained else 'randomly initialised'}"
     )
     trainer = SegmentationTrainer(ds, cfg.data, class_map, mode, sweeps, val)
+    if resume and trainer.resume():
+        console.print(f"resumed from {trainer.checkpoint_path} after epoch {trainer.start_epoch}")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -70,7 +75,7 @@ def _train(mode: Mode, config: Path | None, sets: list[str] | None, overrides: d
         TimeRemainingColumn(),
         console=console,
     ) as bar:
-        task = bar.add_task(mode, total=trainer.epochs, info="")
+        task = bar.add_task(mode, total=trainer.epochs, completed=trainer.start_epoch, info="")
 
         def on_epoch(stats: Any) -> None:
             miou = f" val mIoU {100 * stats.miou:.2f}" if stats.miou is not None else ""
@@ -94,10 +99,11 @@ def probe(
     sets: SetOption = None,
     epochs: Annotated[Optional[int], typer.Option(help="default: 50")] = None,  # noqa: UP045
     run_dir: RunDir = None,
+    resume: ResumeOption = True,
 ) -> None:
     """Linear probing: frozen backbone (frozen BatchNorm), point-wise linear head, lr 0.05."""
     try:
-        _train("probe", config, sets, _overrides(pretrained, bags, val_bags, epochs, run_dir, None))
+        _train("probe", config, sets, _overrides(pretrained, bags, val_bags, epochs, run_dir, None), resume)
     except LidarSslError as err:
         raise fail(err) from err
 
@@ -111,12 +117,12 @@ def finetune(
     label_fraction: Fraction = None,
     epochs: Annotated[Optional[int], typer.Option(help="default: 100 at 1%, else 50")] = None,  # noqa: UP045
     run_dir: RunDir = None,
+    resume: ResumeOption = True,
 ) -> None:
     """Fine-tuning: whole network, cross-entropy + Lovasz, head lr 2.0 / backbone lr 0.02."""
     try:
-        _train(
-            "finetune", config, sets, _overrides(pretrained, bags, val_bags, epochs, run_dir, label_fraction)
-        )
+        overrides = _overrides(pretrained, bags, val_bags, epochs, run_dir, label_fraction)
+        _train("finetune", config, sets, overrides, resume)
     except LidarSslError as err:
         raise fail(err) from err
 

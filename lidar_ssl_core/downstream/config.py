@@ -4,16 +4,17 @@
   lr 0.05, 50 epochs.
 * Fine-tuning: the whole network, cross-entropy + Lovasz-softmax (plain sum, as the reference code), head lr
   2.0 and backbone lr 0.02, 100 epochs at 1% of the labels and 50 otherwise. A randomly initialised
-  backbone gets the head's learning rate everywhere (the paper's rule).
+  network gets one learning rate everywhere (the paper's rule), the backbone's 0.02 (the reference code's
+  config without ``lr_head``).
 * SGD, momentum 0.9, dampening 0.1, weight decay 1e-4, cosine to 0; BatchNorm momentum 0.02.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lidar_ssl_core.models.unet import BackboneConfig
 
@@ -22,6 +23,7 @@ Mode = Literal["probe", "finetune"]
 #: learning rates and epochs of the protocols (mode -> value); None in the config means "the protocol's"
 PROTOCOL_LR_HEAD: dict[str, float] = {"probe": 0.05, "finetune": 2.0}
 PROTOCOL_LR_BACKBONE = 0.02
+DOWNSTREAM_BN_MOMENTUM = 0.02
 
 
 def protocol_epochs(mode: Mode, label_fraction: float) -> int:
@@ -69,7 +71,15 @@ class DownstreamConfig(_Section):
     device: str | None = Field(None, description="torch device; None = cuda when available, else cpu")
     seed: int = Field(0, description="seeds the head init, data order and augmentation")
     backbone: BackboneConfig = Field(
-        BackboneConfig(normalize=False, bn_momentum=0.02),
+        BackboneConfig(normalize=False, bn_momentum=DOWNSTREAM_BN_MOMENTUM),
         description="architecture (must match the pretrained weights); out_dim is set to the class count",
     )
     run_dir: Path = Field(Path("runs/segmentation"), description="checkpoints, logs and reports go here")
+
+    @field_validator("backbone", mode="before")
+    @classmethod
+    def _downstream_backbone_defaults(cls, value: Any) -> Any:
+        """Setting e.g. only ``backbone.preset`` keeps the downstream defaults (BN momentum 0.02, no l2)."""
+        if isinstance(value, dict):
+            return {"normalize": False, "bn_momentum": DOWNSTREAM_BN_MOMENTUM, **value}
+        return value

@@ -22,13 +22,13 @@ import torch
 from torch.utils.data import Dataset
 
 from lidar_ssl_core.augment import flip_xy, rotate_z
+from lidar_ssl_core.bag.discover import expand_bags
 from lidar_ssl_core.bag.reader import BagReader
 from lidar_ssl_core.config import DataConfig, VoxelConfig
 from lidar_ssl_core.data.frames import ReaderPool
 from lidar_ssl_core.downstream.classes import IGNORE_INDEX, ClassMap
 from lidar_ssl_core.errors import DatasetError, LidarSslError, MessageError
-from lidar_ssl_core.msg.pointcloud2 import cloud_fields, cloud_to_pointcloud
-from lidar_ssl_core.msg.stamps import header_stamp_ns
+from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud, pointcloud2_header_and_fields
 from lidar_ssl_core.types import PointCloud
 from lidar_ssl_core.voxels import Voxelization, voxelize
 
@@ -61,18 +61,20 @@ class SweepIndex:
 def index_labelled_sweeps(bags: Sequence[Path], config: DataConfig) -> SweepIndex:
     """One pass over each bag's LiDAR topic, keeping the sweeps that carry the label field.
 
-    A message that cannot be read is counted and skipped, never fatal; a bag without the LiDAR topic is a
-    ``TopicNotFoundError`` naming it.
+    ``bags`` may hold folders of bags and quoted globs (:func:`~lidar_ssl_core.bag.discover.expand_bags`).
+    Only each message's header and field list are parsed, so indexing costs a read of the topic, not a
+    decode of every cloud. A message that cannot be read is counted and skipped, never fatal; a bag
+    without the LiDAR topic is a ``TopicNotFoundError`` naming it.
     """
     topic, label_field = config.profile.lidar_topic, config.profile.label_field
     index = SweepIndex()
-    for bag in bags:
+    for bag in expand_bags(bags):  # folders of bags and quoted globs stand for the bags they hold
         with BagReader(bag) as reader:
-            for message in reader.messages([topic], on_error="skip"):
+            # only the CDR prefix of each cloud is parsed (header + field list): no point data is decoded
+            for message in reader.raw_messages([topic], on_error="skip"):
                 try:
-                    fields = cloud_fields(message.msg)
-                    stamp = header_stamp_ns(message.msg)
-                except (MessageError, AttributeError, TypeError) as err:
+                    stamp, _, fields = pointcloud2_header_and_fields(message.raw)
+                except MessageError as err:
                     index.bad[str(bag)] += 1
                     log.warning("%s: %s at log time %d: %s", bag, topic, message.log_time_ns, err)
                     continue
@@ -117,10 +119,12 @@ class LabelledSweep:
     source: str
 
 
-class LabelledSweepDataset(Dataset[LabelledSweep]):
+class LabelledSweepDataset(Dataset["LabelledSweep | SkippedSweep"]):
     """Random access to labelled sweeps; training draws a z-rotation and x/y flips per (seed, epoch, item).
 
-    A sweep that cannot be read is replaced by the next readable one (logged), like the pretraining dataset.
+    In training a sweep that cannot be read is replaced by the next readable one (logged), like the
+    pretraining dataset. In evaluation it is skipped and reported instead (a :class:`SkippedSweep`), so
+    that no sweep is ever counted twice.
     """
 
     def __init__(
@@ -161,7 +165,13 @@ class LabelledSweepDataset(Dataset[LabelledSweep]):
                 raise err.with_context(topic=ref.topic, stamp_ns=ref.stamp_ns) from err
         raise DatasetError(f"{ref.bag}: sweep on {ref.topic} at log time {ref.log_time_ns} is unreadable")
 
-    def __getitem__(self, position: int) -> LabelledSweep:
+    def __getitem__(self, position: int) -> LabelledSweep | SkippedSweep:
+        if not self.train:
+            try:
+                return self._sample(position)
+            except LidarSslError as err:
+                log.warning("sweep %d (%s) skipped: %s", position, self.sweeps[position].bag.name, err)
+                return SkippedSweep(self._source(position), str(err))
         last: LidarSslError | None = None
         for attempt in range(min(len(self), 8)):
             pos = (position + attempt) % len(self)
@@ -181,19 +191,35 @@ class LabelledSweepDataset(Dataset[LabelledSweep]):
             rng = np.random.default_rng([self.seed, self.epoch, position])
             xyz = flip_xy(rotate_z(xyz, rng), rng)
         labels = self.class_map.remap(cloud.label)
-        ref = self.sweeps[position]
         return LabelledSweep(
             xyz=np.asarray(xyz, np.float32),
             labels=labels,
             inputs=network_input(xyz, cloud.intensity, self.config.voxels),
-            source=f"{ref.bag.name}@{ref.stamp_ns}",
+            source=self._source(position),
         )
 
+    def _source(self, position: int) -> str:
+        ref = self.sweeps[position]
+        return f"{ref.bag.name}@{ref.stamp_ns}"
 
-def collate_sweeps(samples: Sequence[LabelledSweep]) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class SkippedSweep:
+    """A sweep evaluation could not read (reported in the batch's ``skipped``, never counted)."""
+
+    source: str
+    reason: str
+
+
+def collate_sweeps(items: Sequence[LabelledSweep | SkippedSweep]) -> dict[str, Any]:
     """Batch sweeps: ``coords`` (V, 4) [batch, c0, c1, c2], ``features`` (V, 1), ``point_to_voxel`` (N,)
     batch-global, ``labels`` (N,) per point, ``voxel_labels`` (V,) of each representative point,
-    ``point_batch`` (N,)."""
+    ``point_batch`` (N,), ``sources``, and ``skipped`` (sources of unreadable sweeps, left out)."""
+    samples = [s for s in items if isinstance(s, LabelledSweep)]
+    skipped = [f"{s.source}: {s.reason}" for s in items if isinstance(s, SkippedSweep)]
+    if not samples:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return {"sources": [], "skipped": skipped, "labels": empty, "point_to_voxel": empty}
     coords, feats, p2v, labels, vlabels, pbatch = [], [], [], [], [], []
     n_voxels = 0
     for b, s in enumerate(samples):
@@ -213,6 +239,7 @@ def collate_sweeps(samples: Sequence[LabelledSweep]) -> dict[str, Any]:
         "voxel_labels": torch.from_numpy(np.concatenate(vlabels)),
         "point_batch": torch.from_numpy(np.concatenate(pbatch)),
         "sources": [s.source for s in samples],
+        "skipped": skipped,
     }
 
 

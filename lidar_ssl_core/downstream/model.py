@@ -20,7 +20,7 @@ from lidar_ssl_core.config import VoxelConfig
 from lidar_ssl_core.downstream.classes import ClassMap, class_map_from_dict
 from lidar_ssl_core.downstream.data import network_input
 from lidar_ssl_core.errors import ConfigError
-from lidar_ssl_core.models.unet import BackboneConfig, Res16UNet, build_backbone
+from lidar_ssl_core.models.unet import BackboneConfig, BackendName, Res16UNet, build_backbone
 from lidar_ssl_core.train.checkpoint import FORMAT as PRETRAIN_FORMAT
 from lidar_ssl_core.train.checkpoint import TrainingCheckpointError, load_checkpoint
 from lidar_ssl_core.types import PointCloud
@@ -135,11 +135,17 @@ class SegmentationModel:
         return self.predict(cloud.xyz, cloud.intensity)
 
 
-def load_segmentation_model(path: Path, device: str | torch.device | None = None) -> SegmentationModel:
-    """A segmentation checkpoint as a ready :class:`SegmentationModel` (eval mode)."""
+def load_segmentation_model(
+    path: Path, device: str | torch.device | None = None, backend: BackendName = "portable"
+) -> SegmentationModel:
+    """A segmentation checkpoint as a ready :class:`SegmentationModel` (eval mode).
+
+    Both backends share one state dict, so a model trained with spconv runs on the portable backend (the
+    default: no spconv needed, e.g. on a Jetson or for export) and vice versa.
+    """
     state = load_checkpoint(path, formats=(SEGMENTATION_FORMAT,), required=SEGMENTATION_REQUIRED)
     try:
-        backbone = BackboneConfig.model_validate(state["backbone"])
+        backbone = BackboneConfig.model_validate({**state["backbone"], "backend": backend})
         class_map = class_map_from_dict(state["class_map"], source=f"class map of {path}")
         voxels = VoxelConfig.model_validate(state["voxels"])
     except (ValueError, TypeError) as err:

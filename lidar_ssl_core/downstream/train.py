@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,11 @@ from lidar_ssl_core.downstream.classes import IGNORE_INDEX, ClassMap
 from lidar_ssl_core.downstream.config import PROTOCOL_LR_HEAD, DownstreamConfig, Mode, protocol_epochs
 from lidar_ssl_core.downstream.data import LabelledSweepDataset, SweepRef, collate_sweeps
 from lidar_ssl_core.downstream.lovasz import lovasz_softmax
-from lidar_ssl_core.downstream.metrics import ConfusionMatrix
+from lidar_ssl_core.downstream.metrics import ConfusionMatrix, voxel_to_point
 from lidar_ssl_core.downstream.model import (
     HEAD_PREFIX,
+    SEGMENTATION_FORMAT,
+    SEGMENTATION_REQUIRED,
     build_segmentation_model,
     load_pretrained_backbone,
     segmentation_state,
@@ -35,7 +38,7 @@ from lidar_ssl_core.downstream.model import (
 from lidar_ssl_core.downstream.splits import select_frames, select_scenes
 from lidar_ssl_core.errors import DatasetError, LidarSslError
 from lidar_ssl_core.models.unet import Res16UNet
-from lidar_ssl_core.train.checkpoint import save_checkpoint
+from lidar_ssl_core.train.checkpoint import load_checkpoint, save_checkpoint
 from lidar_ssl_core.train.pretrain import EpochBatchSampler
 
 log = logging.getLogger(__name__)
@@ -50,16 +53,32 @@ class SegmentationTrainingError(LidarSslError):
 def select_training_sweeps(
     sweeps: Sequence[SweepRef], fraction: float, seed: int, block_frames: int
 ) -> list[SweepRef]:
-    """The label fraction, drawn by whole bags (scenes); with one bag, by blocks of consecutive sweeps."""
+    """The label fraction, drawn by whole bags (scenes); with one bag, by blocks of consecutive sweeps.
+
+    Scenes are keyed by the bag's *name*, so the same seed draws the same scenes wherever the dataset
+    lives. A draw that overshoots the fraction by more than 2x (few, long bags: e.g. SemanticKITTI's
+    sequences) is logged: split long bags into scenes, or use one bag and ``block_frames``.
+    """
     if fraction >= 1.0:
         return list(sweeps)
-    bags = sorted({str(s.bag) for s in sweeps})
-    if len(bags) > 1:
-        counts = {b: sum(1 for s in sweeps if str(s.bag) == b) for b in bags}
-        keep = set(select_scenes(bags, fraction, seed, frames_per_scene=counts))
-        return [s for s in sweeps if str(s.bag) in keep]
-    chosen = select_frames(len(sweeps), fraction, seed, block_frames)
-    return [sweeps[int(i)] for i in chosen]
+    counts = Counter(s.bag.name for s in sweeps)
+    if len(counts) > 1:
+        if len({s.bag for s in sweeps}) != len(counts):
+            raise DatasetError("two training bags have the same name: scenes are drawn by bag name")
+        keep = set(select_scenes(sorted(counts), fraction, seed, frames_per_scene=dict(counts)))
+        chosen = [s for s in sweeps if s.bag.name in keep]
+    else:
+        chosen = [sweeps[int(i)] for i in select_frames(len(sweeps), fraction, seed, block_frames)]
+    achieved = len(chosen) / len(sweeps)
+    if achieved > 2 * fraction:
+        log.warning(
+            "label fraction %.3g drew %d of %d sweeps (%.3g): the scenes are too long for this fraction",
+            fraction,
+            len(chosen),
+            len(sweeps),
+            achieved,
+        )
+    return chosen
 
 
 def segmentation_loss(
@@ -101,11 +120,16 @@ def evaluate(
     """Point-wise confusion matrix of the network over a loader of labelled sweeps (eval mode)."""
     network.eval()
     cm = ConfusionMatrix(num_classes)
+    skipped: list[str] = []
     for batch in loader:
+        skipped += batch["skipped"]
+        if not batch["sources"]:
+            continue
         batch = _to(batch, device)
         logits = network(batch["coords"], batch["features"])
-        pred = logits.argmax(dim=1)[batch["point_to_voxel"]]
-        cm.update(pred, batch["labels"])
+        cm.update(voxel_to_point(logits, batch["point_to_voxel"]), batch["labels"])
+    if skipped:
+        log.warning("evaluation skipped %d unreadable sweeps: %s", len(skipped), skipped[:5])
     return cm
 
 
@@ -154,6 +178,7 @@ class SegmentationTrainer:
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs)
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.start_epoch = 0
 
     def _param_groups(self) -> list[dict[str, Any]]:
         cfg = self.config
@@ -185,7 +210,10 @@ class SegmentationTrainer:
         self.network.eval()
         cache = []
         for i in range(len(plain)):
-            batch = _to(collate_sweeps([plain[i]]), self.device)
+            batch = collate_sweeps([plain[i]])
+            if not batch["sources"]:
+                continue  # unreadable: logged by the dataset
+            batch = _to(batch, self.device)
             cache.append((self.network.trunk(batch["coords"], batch["features"]), batch["voxel_labels"]))
         log.info("probe: cached the features of %d sweeps", len(cache))
         return cache
@@ -243,7 +271,7 @@ class SegmentationTrainer:
     ) -> SegmentationResult:
         """Train all epochs; validate every ``validate_every`` epochs (0: at the end only, if val sweeps)."""
         result = SegmentationResult()
-        for epoch in range(self.epochs):
+        for epoch in range(self.start_epoch, self.epochs):
             start = time.perf_counter()
             lr = float(self.optimizer.param_groups[0]["lr"])
             loss = self.train_epoch(epoch)
@@ -269,7 +297,12 @@ class SegmentationTrainer:
             self.save(epoch + 1)
         return result
 
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.config.run_dir / LAST
+
     def save(self, epoch: int, path: Path | None = None) -> Path:
+        """The self-describing model checkpoint, plus what resuming needs (optimiser, schedule, epoch)."""
         state = segmentation_state(
             self.network,
             self.class_map,
@@ -277,6 +310,33 @@ class SegmentationTrainer:
             mode=self.mode,
             epoch=epoch,
             epochs=self.epochs,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
             config=self.config.model_dump(mode="json"),
         )
-        return save_checkpoint(state, path or self.config.run_dir / LAST)
+        return save_checkpoint(state, path or self.checkpoint_path)
+
+    def resume(self) -> bool:
+        """Continue an interrupted run from ``run_dir/model_last.pt`` (written at every epoch end).
+
+        Returns False (fresh start) when there is no checkpoint. A checkpoint of another mode, class map
+        or schedule length is refused: that is another run, give it another ``run_dir``.
+        """
+        if not self.checkpoint_path.is_file():
+            return False
+        state = load_checkpoint(
+            self.checkpoint_path, formats=(SEGMENTATION_FORMAT,), required=(*SEGMENTATION_REQUIRED, "epoch")
+        )
+        ours = (self.mode, self.class_map.name, self.epochs)
+        theirs = (state.get("mode"), state["class_map"].get("name"), state.get("epochs"))
+        if ours != theirs or "optimizer" not in state:
+            raise SegmentationTrainingError(
+                f"{self.checkpoint_path} belongs to another run (mode, class map, epochs = {theirs}, "
+                f"this run {ours}); use another run_dir or delete it"
+            )
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch = int(state["epoch"])
+        log.info("resumed %s from %s after epoch %d", self.mode, self.checkpoint_path, self.start_epoch)
+        return True

@@ -64,7 +64,7 @@ class FilterBankBackbone(nn.Module):
         return F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
 
     def base_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The 21 hand-made channels at stride 4, each standardised over the batch."""
+        """The 21 hand-made channels at stride 4, each standardised over the image."""
         rgb = images * self.std + self.mean  # back to [0, 1]
         opp = F.conv2d(rgb, self.opponent)
         lum = opp[:, :1]
@@ -80,8 +80,9 @@ class FilterBankBackbone(nn.Module):
         feats = torch.cat(
             [colour, wide[:, :3], wider, energy, wide[:, 3:7], contrast, wide[:, 8:9], lap4, wide[:, 7:8]], 1
         )
-        mu = feats.mean(dim=(0, 2, 3), keepdim=True)
-        sd = feats.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        # per image, so a frame's teacher features never depend on the other frames of its batch (or rank)
+        mu = feats.mean(dim=(2, 3), keepdim=True)
+        sd = feats.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
         return (feats - mu) / sd
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

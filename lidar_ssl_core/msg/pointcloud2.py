@@ -25,6 +25,7 @@ import array
 import functools
 import itertools
 import logging
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -33,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lidar_ssl_core.errors import MalformedMessageError, UnsupportedEncodingError
-from lidar_ssl_core.msg.stamps import header_stamp_ns, make_header
+from lidar_ssl_core.msg.stamps import NS_PER_S, header_stamp_ns, make_header
 from lidar_ssl_core.types import PointCloud
 
 log = logging.getLogger(__name__)
@@ -389,11 +390,93 @@ def pointcloud_columns(cloud: PointCloud, label_dtype: npt.DTypeLike = np.uint16
     return cols
 
 
+# ------------------------------------------------------------------------------ serialized (CDR) prefix
+class PointCloud2Header(NamedTuple):
+    """What ``pointcloud2_header_and_fields`` reads: header stamp, frame id, PointField names in order."""
+
+    stamp_ns: int
+    frame_id: str
+    field_names: tuple[str, ...]
+
+
+_CDR_LE = struct.Struct("<iI")
+_CDR_BE = struct.Struct(">iI")
+_U32_LE = struct.Struct("<I")
+_U32_BE = struct.Struct(">I")
+_MAX_FIELDS = 4096  # a PointCloud2 with more fields than this is garbage, not a sensor
+
+
+def pointcloud2_header_and_fields(raw: bytes | bytearray | memoryview) -> PointCloud2Header:
+    """Stamp, frame id and field names of a CDR-serialized sensor_msgs/PointCloud2, without its data.
+
+    Parses only the prefix (encapsulation header, ``header``, ``height``, ``width``, ``fields``), so
+    indexing which sweeps carry e.g. a ``label`` field costs microseconds per message whatever the cloud
+    size. Plain CDR (XCDR1) as rosbag2 stores it: encapsulation ``00 01`` little-endian or ``00 00``
+    big-endian; every primitive aligned to its size counted from the end of the 4-byte encapsulation
+    header; a string is a uint32 byte count including the terminating NUL, then the bytes.
+    MalformedMessageError on a short or garbled buffer.
+    """
+    view = memoryview(raw).cast("B") if not isinstance(raw, bytes) else raw
+    size = len(view)
+    if size < 4:
+        raise MalformedMessageError(f"PointCloud2 CDR is {size} bytes, shorter than its encapsulation header")
+    if view[0] != 0 or view[1] not in (0, 1):
+        raise MalformedMessageError(
+            f"PointCloud2 CDR has encapsulation id 0x{view[0]:02x}{view[1]:02x}; expected plain CDR "
+            "0x0001 (little-endian) or 0x0000 (big-endian)"
+        )
+    little = view[1] == 1
+    u32 = _U32_LE if little else _U32_BE
+
+    def string(pos: int, what: str) -> tuple[str, int]:
+        pos = (pos + 3) & ~3
+        if pos + 4 > size:
+            raise MalformedMessageError(f"PointCloud2 CDR ends ({size} bytes) before the length of {what}")
+        (n,) = u32.unpack_from(view, pos)
+        end = pos + 4 + n
+        if n == 0 or end > size or view[end - 1] != 0:
+            raise MalformedMessageError(
+                f"PointCloud2 CDR: {what} at byte {pos} claims {n} bytes "
+                f"({'past the end' if end > size else 'without a terminating NUL'} of {size} bytes)"
+            )
+        try:
+            return bytes(view[pos + 4 : end - 1]).decode(), end
+        except UnicodeDecodeError as err:
+            raise MalformedMessageError(f"PointCloud2 CDR: {what} is not UTF-8: {err}") from None
+
+    # offsets below count from the start of ``view``; CDR alignment counts from byte 4: same parity mod 4
+    if size < 12:
+        raise MalformedMessageError(f"PointCloud2 CDR is {size} bytes, too short for a header stamp")
+    sec, nanosec = (_CDR_LE if little else _CDR_BE).unpack_from(view, 4)
+    if nanosec >= NS_PER_S:
+        raise MalformedMessageError(f"PointCloud2 CDR: header stamp nanosec={nanosec} is outside [0, 1e9)")
+    frame_id, pos = string(12, "header.frame_id")
+    pos = (pos + 3) & ~3
+    if pos + 12 > size:
+        raise MalformedMessageError(f"PointCloud2 CDR ends ({size} bytes) before height/width/fields")
+    (n_fields,) = u32.unpack_from(view, pos + 8)  # after height and width
+    pos += 12
+    if n_fields > min(_MAX_FIELDS, (size - pos) // 13):  # a field takes at least 13 bytes
+        raise MalformedMessageError(
+            f"PointCloud2 CDR claims {n_fields} fields, more than its {size} bytes can hold"
+        )
+    names = []
+    for i in range(n_fields):
+        name, pos = string(pos, f"fields[{i}].name")
+        pos = ((pos + 3) & ~3) + 5  # offset uint32, datatype uint8
+        pos = ((pos + 3) & ~3) + 4  # count uint32
+        if pos > size:
+            raise MalformedMessageError(f"PointCloud2 CDR ends ({size} bytes) inside fields[{i}]")
+        names.append(name)
+    return PointCloud2Header(sec * NS_PER_S + nanosec, frame_id, tuple(names))
+
+
 __all__: Sequence[str] = [
     "DATATYPES",
     "CloudConversion",
     "EncodedCloud",
     "FieldSpec",
+    "PointCloud2Header",
     "byte_buffer",
     "cloud_dtype",
     "cloud_fields",
@@ -402,6 +485,7 @@ __all__: Sequence[str] = [
     "encode_cloud",
     "fields_dtype",
     "make_pointcloud2",
+    "pointcloud2_header_and_fields",
     "pointcloud_columns",
     "read_cloud",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -86,22 +87,65 @@ def init_distributed(device: str | None = None, *, timeout_s: float = 1800.0) ->
     return DistContext(rank=rank, local_rank=local_rank, world_size=world, device=want)
 
 
+def _initialised() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
     """Wait for every process (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
+    if _initialised():
         dist.barrier()
 
 
 def shutdown_distributed() -> None:
     """Leave the process group (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
+    if _initialised():
         dist.destroy_process_group()
 
 
 def all_mean(value: float, device: torch.device) -> float:
     """Mean of a scalar over the processes (the value itself when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _initialised():
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+    return all_sum([value], device)[0] / dist.get_world_size()
+
+
+def all_sum(values: Sequence[float], device: torch.device) -> list[float]:
+    """Element-wise sums of ``values`` over the processes, in one collective (the values when not
+    distributed). ``device`` must suit the backend (CUDA for NCCL, CPU for gloo)."""
+    if not _initialised():
+        return [float(v) for v in values]
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item()) / dist.get_world_size()
+    return [float(v) for v in t.tolist()]
+
+
+def all_true(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on every process: lets all processes take the same branch (raise together
+    instead of leaving the others waiting in the next collective). ``flag`` itself when not distributed."""
+    if not _initialised():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def broadcast_flag(flag: bool, device: torch.device, *, src: int = 0) -> bool:
+    """Process ``src``'s ``flag`` on every process (``flag`` itself when not distributed)."""
+    if not _initialised():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.broadcast(t, src=src)
+    return bool(t.item())
+
+
+def all_min_max(values: Sequence[int], device: torch.device) -> tuple[list[int], list[int]]:
+    """Element-wise (minimum, maximum) of integers over the processes, e.g. to check that every process is
+    at the same data position. (values, values) when not distributed."""
+    if not _initialised():
+        return [int(v) for v in values], [int(v) for v in values]
+    lo = torch.tensor(list(values), dtype=torch.int64, device=device)
+    hi = lo.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return [int(v) for v in lo.tolist()], [int(v) for v in hi.tolist()]

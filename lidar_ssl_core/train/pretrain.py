@@ -3,6 +3,15 @@
 :func:`build_pretraining` builds the dataset, loader, 3D backbone, 2D teacher, optimiser and schedule from the
 configs; :class:`Pretrainer` only runs them. The data order of an epoch is a function of (seed, epoch), and a
 checkpoint stores the position inside the epoch, so a resumed run replays exactly the batches it had left.
+
+Resume is bit-exact in a single process (every RNG state is restored). Under DDP the checkpoint holds rank
+0's RNG states only, so after loading every process re-seeds its loss-sampling generator and the global
+RNGs from (seed, rank, global step): a resumed DDP run is deterministic given (seed, world size, step), but
+does not draw the same random numbers as an uninterrupted one.
+
+Every decision that could differ between processes (resume or not, a non-finite loss, a failed checkpoint
+write) is agreed through a collective first, so all processes raise together instead of some waiting
+forever in the next collective.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +36,7 @@ from torch.utils.data import DataLoader, Sampler
 from lidar_ssl_core.config import DataConfig, VoxelConfig
 from lidar_ssl_core.data.dataset import PairedBagDataset, collate, worker_init
 from lidar_ssl_core.data.sample import SuperpixelSource
-from lidar_ssl_core.errors import LidarSslError
+from lidar_ssl_core.errors import ConfigError, LidarSslError
 from lidar_ssl_core.losses import (
     Gather,
     all_gather_rows,
@@ -36,6 +46,8 @@ from lidar_ssl_core.losses import (
     st_ppkt_loss,
     st_slidr_loss,
 )
+from lidar_ssl_core.losses.gather import distributed_world
+from lidar_ssl_core.losses.infonce import check_features, check_index, sample_pairs
 from lidar_ssl_core.models.image_teacher import ImageTeacher, TeacherOutput
 from lidar_ssl_core.models.unet import Res16UNet, build_backbone
 from lidar_ssl_core.superpixels import Superpixelizer
@@ -48,7 +60,13 @@ from lidar_ssl_core.train.checkpoint import (
     save_checkpoint,
 )
 from lidar_ssl_core.train.config import SUPERPIXEL_METHODS, LossOptions, PretrainConfig
-from lidar_ssl_core.train.distributed import DistContext, all_mean, barrier
+from lidar_ssl_core.train.distributed import (
+    DistContext,
+    all_min_max,
+    all_sum,
+    all_true,
+    broadcast_flag,
+)
 from lidar_ssl_core.train.scalars import ScalarLog
 
 log = logging.getLogger(__name__)
@@ -161,7 +179,10 @@ def compute_loss(
 ) -> torch.Tensor:
     """The method's loss of voxel features (V, F) and teacher outputs, from the batch's pairing keys.
 
-    ``gather`` (under DDP with ``loss.gather_negatives``) contrasts against every process's negatives.
+    ``gather`` (under DDP with ``loss.gather_negatives``) contrasts against every process's negatives. For
+    PPKT each process then returns only its share of the global loss (:func:`ppkt_local_rows_loss`): the
+    mean over the processes is the global loss, and so are the DDP-averaged gradients. The other methods
+    return the global loss itself on every process. ``loss.num_matches`` is per process either way.
     """
     pv, pi = batch["pairing_voxels"], batch["pairing_images"]
     pixels = teacher.pixel_features
@@ -174,6 +195,19 @@ def compute_loss(
         "vote_threshold": options.vote_threshold,
         "adaptive_k": options.adaptive_k,
     }
+    if method == "ppkt" and gather is not None:
+        pixel_feats = gather_pixel_features(pixels, pi)
+        check_features("point_feats", point_feats)
+        check_features("pixel_feats", pixel_feats, point_feats.shape[1])
+        check_index("pairing_voxels", pv, point_feats.shape[0], "rows of point_feats")
+        if pv.shape[0] != pixel_feats.shape[0]:
+            raise TrainingError(
+                f"pairing_voxels {tuple(pv.shape)} and pairing_images {tuple(pi.shape)} disagree on the pairs"
+            )
+        idx = sample_pairs(pixel_feats.shape[0], options.num_matches, generator, device=point_feats.device)
+        return ppkt_local_rows_loss(
+            point_feats[pv[idx]], pixel_feats[idx], temperature=options.temperature, gather=gather
+        )
     if method == "ppkt":
         return ppkt_loss(
             point_feats,
@@ -217,6 +251,33 @@ def compute_loss(
             **st,
         )
     raise TrainingError(f"unknown method {method!r}; choose ppkt, slidr, st-slidr or st-ppkt")
+
+
+def ppkt_local_rows_loss(
+    q: torch.Tensor, k: torch.Tensor, *, temperature: float, gather: Gather
+) -> torch.Tensor:
+    """This process's share of the PPKT InfoNCE over the pairs of every process.
+
+    ``q`` (n, F) are the local anchors (points) and ``k`` (n, F) their pixels; the keys are the pixels of
+    every process (N, F), so the logits are (n, N), not the (N, N) of gathering both sides. The result is
+    ``W / N * sum_i L_i`` over the local anchors i (W processes): the mean over the processes is the global
+    loss ``(1/N) sum_i L_i``, and because the gather's backward sums every process's gradient into the local
+    keys, DDP's averaging leaves exactly the gradient of the global loss (the same as when every process
+    computes all N rows). ``gather`` is :func:`~lidar_ssl_core.losses.all_gather_rows`.
+    """
+    rank, world = distributed_world()
+    keys = gather(k)
+    counts = gather(torch.tensor([q.shape[0]], dtype=torch.long, device=q.device))
+    start = int(counts[:rank].sum())
+    target = torch.arange(start, start + q.shape[0], device=q.device)
+    total = nn.functional.cross_entropy(q @ keys.T / temperature, target, reduction="sum")
+    return total * (world / keys.shape[0])
+
+
+def _rank_seeds(seed: int, rank: int, step: int) -> list[int]:
+    """Four 32-bit seeds derived from (seed, rank, step): distinct streams per process, reproducible."""
+    sequence = np.random.SeedSequence([seed % (1 << 64), rank, step])
+    return [int(v) for v in sequence.generate_state(4, np.uint32)]
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -350,10 +411,16 @@ class Pretrainer:
         """One optimiser step on ``batch`` (a collated batch); returns the loss."""
         batch = _to_device(batch, self.device)
         loss = self.forward_loss(batch)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if not all_true(finite, self.device):  # all processes agree, then all raise (none left waiting)
+            what = (
+                f"non-finite loss {float(loss.detach())}"
+                if not finite
+                else "a non-finite loss on another process"
+            )
             raise TrainingError(
-                f"non-finite loss {float(loss)} at epoch {self.epoch} step {self.step_in_epoch} "
-                f"(frames {batch.get('sources')}); lower the learning rate or check the inputs"
+                f"{what} at epoch {self.epoch} step {self.step_in_epoch} (rank {self.dist.rank}, "
+                f"frames {batch.get('sources')}); lower the learning rate or check the inputs"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
@@ -425,19 +492,27 @@ class Pretrainer:
         return result
 
     def _stats(self, loss: float, lr: float, batch: Mapping[str, Any], seconds: float) -> StepStats:
-        """Step statistics; loss and throughput are the means/sums over all processes."""
+        """Step statistics of the global batch: the loss is the mean over the processes; pairs, superpixels
+        and replaced frames are sums over them (one all_reduce)."""
         frames = len(batch.get("sources") or ()) or int(self.loader.batch_size or 0)
+        local = [
+            loss,
+            float(batch["pairing_points"].shape[0]) if "pairing_points" in batch else 0.0,
+            float(_count_superpixels(batch)),
+            float(len(batch.get("replaced") or ())),
+        ]
+        loss_sum, pairs, superpixels, replaced = all_sum(local, self.device)
         return StepStats(
             epoch=self.epoch,
             step_in_epoch=self.step_in_epoch,
             global_step=self.global_step,
             steps_per_epoch=len(self.loader),
-            loss=all_mean(loss, self.device),
+            loss=loss_sum / self.dist.world_size,
             lr=lr,
             samples_per_s=frames * self.dist.world_size / max(seconds, 1e-9),
-            pairs=int(batch["pairing_points"].shape[0]) if "pairing_points" in batch else 0,
-            superpixels=_count_superpixels(batch),
-            replaced=len(batch.get("replaced") or ()),
+            pairs=round(pairs),
+            superpixels=round(superpixels),
+            replaced=round(replaced),
         )
 
     def _log(self, stats: StepStats, batch: Mapping[str, Any]) -> None:
@@ -496,6 +571,8 @@ class Pretrainer:
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
+        if self.dist.is_distributed:
+            self._reseed_for_rank()
         saved = state.get("config", {})
         if isinstance(saved, dict) and saved.get("method") not in (None, self.config.method):
             log.warning(
@@ -504,14 +581,46 @@ class Pretrainer:
                 self.config.method,
             )
 
+    def _reseed_for_rank(self) -> None:
+        """Under DDP after loading: the checkpoint holds rank 0's RNG states, which every process has just
+        restored; re-seed this process's loss sampler and global RNGs from (seed, rank, global step), so that
+        processes draw different pairs again, reproducibly for a given (seed, world size, step)."""
+        loss_seed, torch_seed, numpy_seed, python_seed = _rank_seeds(
+            self.config.seed, self.dist.rank, self.global_step
+        )
+        self.loss_generator.manual_seed(loss_seed)
+        torch.manual_seed(torch_seed)  # CUDA generators too
+        np.random.seed(numpy_seed)  # noqa: NPY002  (the legacy global state, as capture_rng stores)
+        random.seed(python_seed)
+        log.info(
+            "rank %d: RNGs re-seeded from (seed %d, rank, step %d) after resume",
+            self.dist.rank,
+            self.config.seed,
+            self.global_step,
+        )
+
     def save(self, path: Path | None = None) -> Path | None:
         """Write the checkpoint (``run_dir/ckpt_last.pt`` by default) on the main process; the others wait
-        for it, so that a checkpoint on disk is never older than the step any process has reached."""
+        for it, so that a checkpoint on disk is never older than the step any process has reached.
+
+        Rank 0 broadcasts whether the write succeeded: when it failed, rank 0 raises the write error and
+        every other process a :class:`TrainingError`, instead of waiting at a barrier that rank 0 never
+        reaches."""
         written = None
+        error: Exception | None = None
         if self.dist.is_main:
-            self.scalars.flush()
-            written = save_checkpoint(self.state_dict(), path or self.checkpoint_path)
-        barrier()
+            try:
+                self.scalars.flush()
+                written = save_checkpoint(self.state_dict(), path or self.checkpoint_path)
+            except Exception as err:  # re-raised below, after the others have been told
+                error = err
+        if not broadcast_flag(error is None, self.device):
+            if error is not None:
+                raise error
+            raise TrainingError(
+                f"rank 0 could not write the checkpoint {path or self.checkpoint_path} (see its error); "
+                f"rank {self.dist.rank} stops too"
+            )
         return written
 
     def close(self) -> None:
@@ -524,10 +633,46 @@ class Pretrainer:
         log.info("resumed from %s at epoch %d step %d", path, self.epoch, self.step_in_epoch)
 
     def resume(self) -> bool:
-        """Continue from ``run_dir/ckpt_last.pt`` when it exists; False (fresh start) otherwise."""
-        if not self.checkpoint_path.is_file():
+        """Continue from ``run_dir/ckpt_last.pt`` when it exists; False (fresh start) otherwise.
+
+        Under DDP rank 0 decides (whether it sees the file) and tells the others; a process that cannot
+        read the file rank 0 found raises :class:`TrainingError` (the run folder must be on a filesystem
+        shared by all nodes), and so do the others. After loading, the processes check that they are all
+        at the same (epoch, step in epoch, global step).
+        """
+        path = self.checkpoint_path
+        if not self.dist.is_distributed:
+            if not path.is_file():
+                return False
+            self.load(path)
+            return True
+        if not broadcast_flag(self.dist.is_main and path.is_file(), self.device):
             return False
-        self.load(self.checkpoint_path)
+        error: Exception | None = None
+        try:
+            self.load(path)
+        except Exception as err:  # every process must reach the agreement below, then raise
+            error = err
+        if not all_true(error is None, self.device):
+            if error is None:
+                raise TrainingError(
+                    f"another process could not read the checkpoint {path} (see its error); "
+                    f"rank {self.dist.rank} stops too"
+                )
+            if not self.dist.is_main and not path.is_file():
+                raise TrainingError(
+                    f"rank {self.dist.rank} cannot see the checkpoint {path} that rank 0 found: the run "
+                    "folder (pretrain.run_dir) must be on a filesystem shared by all nodes"
+                ) from error
+            raise error
+        position = [self.epoch, self.step_in_epoch, self.global_step]
+        lo, hi = all_min_max(position, self.device)
+        if lo != hi:
+            raise TrainingError(
+                f"the processes resumed from {path} at different positions (epoch, step in epoch, global "
+                f"step) between {tuple(lo)} and {tuple(hi)}; rank {self.dist.rank} is at {tuple(position)}. "
+                "The run folder must be one folder shared by all nodes, not a copy per node"
+            )
         return True
 
 
@@ -548,11 +693,21 @@ def build_pretraining(
     """
     if not math.isfinite(config.lr):
         raise TrainingError(f"learning rate must be finite, got {config.lr}")
+    dist = dist or DistContext()
+    target = (
+        dist.device
+        if dist.is_distributed
+        else torch.device(device or config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    )
+    if config.sync_batchnorm and target.type != "cuda":
+        raise ConfigError(
+            f"pretrain.sync_batchnorm: true needs CUDA devices (SyncBatchNorm has no {target.type} / gloo "
+            "implementation); set pretrain.sync_batchnorm: false or train on GPUs"
+        )
     torch.manual_seed(config.seed)
     if superpixels is None and config.method in SUPERPIXEL_METHODS:
         superpixels = Superpixelizer(data_config.superpixels)
     dataset = PairedBagDataset(data_config, train=True, seed=config.seed, superpixels=superpixels, bags=bags)
-    dist = dist or DistContext()
     loader = make_pretrain_loader(
         dataset, seed=config.seed, shuffle=config.shuffle, drop_last=config.drop_last, dist=dist
     )

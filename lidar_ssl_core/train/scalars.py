@@ -2,7 +2,9 @@
 
 The JSON-lines file needs no extra package, can be read back by anything (``pandas.read_json(lines=True)``)
 and is what the tests check; TensorBoard gets the same tags. A resumed run appends to both, and rows after
-the checkpoint's step are dropped first, so a run interrupted between checkpoints has no duplicated steps.
+the checkpoint's step are dropped first, so a run interrupted between checkpoints has no duplicated steps:
+the JSON-lines file is rewritten atomically (temporary file, ``os.replace``), and TensorBoard's writer is
+reopened with ``purge_step`` so that its reader discards the old events of the replayed steps.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -26,21 +29,37 @@ class ScalarLog:
         self.path = run_dir / METRICS_FILE if run_dir is not None else None
         self._file: IO[str] | None = None
         self._tb: Any = None
+        self._tb_dir = run_dir / "tb" if run_dir is not None else None
         if run_dir is not None and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                log.warning("tensorboard is not installed: scalars go to %s only", self.path)
-            else:
-                self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self._tb = _summary_writer(run_dir / "tb", purge_step=None, metrics=self.path)
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows of steps after ``step`` (those of an interrupted run that the resume replays)."""
+        """Drop rows of steps after ``step`` (those of an interrupted run that the resume replays).
+
+        ``metrics.jsonl`` is rewritten through a temporary file and ``os.replace`` (a crash leaves the old or
+        the new file, never half of one); TensorBoard's writer is reopened with ``purge_step=step + 1``, which
+        tells TensorBoard to discard the earlier events of steps after ``step``.
+        """
+        if self._tb is not None and self._tb_dir is not None:
+            self._tb.close()
+            self._tb = _summary_writer(self._tb_dir, purge_step=step + 1, metrics=self.path)
         if self.path is None or not self.path.is_file():
             return
+        if self._file is not None:  # appended rows must reach the file before it is rewritten
+            self._file.close()
+            self._file = None
         steps = [(line, _row_step(line)) for line in self.path.read_text().splitlines()]
         kept = [line for line, s in steps if s is not None and s <= step]
-        self.path.write_text("".join(f"{line}\n" for line in kept))
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        try:
+            with tmp.open("w") as fh:
+                fh.write("".join(f"{line}\n" for line in kept))
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(self.path)  # os.replace: atomic within the folder
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if self.path is None:
@@ -75,6 +94,16 @@ class ScalarLog:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _summary_writer(log_dir: Path, *, purge_step: int | None, metrics: Path | None) -> Any:
+    """TensorBoard's SummaryWriter, or None (with a warning) when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: scalars go to %s only", metrics)
+        return None
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 def _row_step(line: str) -> int | None:
