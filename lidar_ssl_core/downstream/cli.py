@@ -17,6 +17,7 @@ from lidar_ssl_core.errors import LidarSslError
 if TYPE_CHECKING:
     from lidar_ssl_core.config import Config
     from lidar_ssl_core.downstream.config import Mode
+    from lidar_ssl_core.downstream.data import SweepIndex
 
 BagList = Annotated[Optional[list[Path]], typer.Option(help="labelled bags")]  # noqa: UP045
 Pretrained = Annotated[
@@ -36,6 +37,15 @@ def _config(config: Path | None, sets: list[str] | None, overrides: dict[str, An
     return load_config(config, values)
 
 
+def _report_index(index: SweepIndex) -> None:
+    """Say what indexing left out: sweeps without labels (e.g. nuScenes non-keyframes) and bad messages."""
+    unlabelled, bad = sum(index.unlabelled.values()), sum(index.bad.values())
+    if unlabelled or bad:
+        console.print(
+            f"{len(index.sweeps)} labelled sweeps; left out: {unlabelled} unlabelled, {bad} unreadable"
+        )
+
+
 def _train(
     mode: Mode, config: Path | None, sets: list[str] | None, overrides: dict[str, Any], resume: bool
 ) -> None:
@@ -52,7 +62,11 @@ def _train(
     train_bags = list(ds.train_bags or cfg.data.bags or (default_bag(),))
     index = index_labelled_sweeps(train_bags, cfg.data)
     sweeps = select_training_sweeps(index.sweeps, ds.label_fraction, ds.split_seed, ds.block_frames)
-    val = index_labelled_sweeps(list(ds.val_bags), cfg.data).sweeps if ds.val_bags else []
+    _report_index(index)
+    val_index = index_labelled_sweeps(list(ds.val_bags), cfg.data) if ds.val_bags else None
+    if val_index is not None:
+        _report_index(val_index)
+    val = val_index.sweeps if val_index is not None else []
     run = Path(ds.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(dump_config(cfg))
