@@ -10,7 +10,8 @@ WORKDIR /opt/lidar_ssl
 COPY . .
 RUN python3 -m venv --system-site-packages /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir torch==2.13.0 \
-    && /opt/venv/bin/pip install --no-cache-dir -e . spconv-cu120
+    && /opt/venv/bin/pip install --no-cache-dir -e '.[tensorboard,convert]' spconv-cu120 \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps 'nuscenes-devkit>=1.1'
 ENV PATH=/opt/venv/bin:$PATH
 
 CMD ["lidar-ssl", "--help"]

@@ -278,14 +278,18 @@ class _SampleStats:
 @app.command("config")
 def config_cmd(
     config: ConfigOption = None,
+    sets: SetOption = None,
     markdown: Annotated[bool, typer.Option(help="print the reference of every key (docs/config.md)")] = False,
 ) -> None:
-    """Print the resolved configuration (defaults overlaid by --config) as YAML."""
+    """Print the resolved configuration (defaults overlaid by --config and --set) as YAML."""
     from lidar_ssl_core.config import dump_config
     from lidar_ssl_core.config_docs import config_reference_markdown
 
     try:
-        typer.echo(config_reference_markdown() if markdown else dump_config(_load(config, None)), nl=False)
+        if markdown:
+            typer.echo(config_reference_markdown(), nl=False)
+        else:
+            typer.echo(dump_config(_load(config, None, parse_sets(sets))), nl=False)
     except LidarSslError as err:
         raise fail(err) from err
 
@@ -328,12 +332,12 @@ def pretrain(
         cfg = _load(config, bags, overrides)
         dist = init_distributed(cfg.pretrain.device)
         folder = Path(cfg.pretrain.run_dir)
-        if dist.is_main:
+        trainer = build_pretraining(cfg.pretrain, cfg.data, dist=dist)  # validates the bags first
+        if resume and trainer.resume() and dist.is_main:  # refuses a checkpoint of another setup
+            console.print(f"resumed from {trainer.checkpoint_path} at step {trainer.global_step}")
+        if dist.is_main:  # only once the inputs and any checkpoint were accepted
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "config.yaml").write_text(dump_config(cfg))
-        trainer = build_pretraining(cfg.pretrain, cfg.data, dist=dist)
-        if resume and trainer.resume() and dist.is_main:
-            console.print(f"resumed from {trainer.checkpoint_path} at step {trainer.global_step}")
         stop = None if max_steps is None else trainer.global_step + max_steps  # steps of this call
         total = cfg.pretrain.epochs * len(trainer.loader)
         if stop is not None:

@@ -161,3 +161,17 @@ def test_render_chart_bar_lengths_follow_iou() -> None:
     widths = [int(np.all(img == colour[i], axis=2).any(axis=0).sum()) for i in range(2)]
     assert widths[1] == pytest.approx(4 * widths[0], rel=0.05)
     assert not np.all(img == colour[2], axis=2).any()  # the absent class has no bar
+
+
+def test_report_files_get_the_mode_of_ordinary_new_files(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from lidar_ssl_core.downstream.report import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    try:
+        out = atomic_write_bytes(tmp_path / "r.md", b"x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # not mkstemp's 0600

@@ -314,3 +314,16 @@ def test_a_folder_of_bags_stands_for_the_bags_inside(tmp_path: Path, data: DataC
     index = index_labelled_sweeps([tmp_path / "out"], data)
     assert sorted({s.bag.name for s in index.sweeps}) == ["scene-a", "scene-b"] and len(index.sweeps) == 4
     assert index.scenes() == {str(tmp_path / "out" / "scene-a"): 2, str(tmp_path / "out" / "scene-b"): 2}
+
+
+def test_a_class_map_that_ignores_nearly_every_point_is_refused(
+    data: DataConfig, sweeps: list[SweepRef]
+) -> None:
+    """The wrong map would train and score on a handful of points (a 'perfect' mIoU on 4 points)."""
+    from lidar_ssl_core.downstream.classes import SEMANTICKITTI
+    from lidar_ssl_core.downstream.data import check_class_map
+
+    assert check_class_map(LabelledSweepDataset(sweeps, data, SYNTHETIC, train=False)) == 0.0
+    wrong = LabelledSweepDataset(sweeps, data, SEMANTICKITTI, train=False)
+    with pytest.raises(ConfigError, match=r"class map 'semantickitti' ignores 100.0% .*downstream.class_map"):
+        check_class_map(wrong)

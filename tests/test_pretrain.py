@@ -236,3 +236,18 @@ def test_missing_scheduler_state_is_a_warning_not_a_crash(
     with caplog.at_level(logging.WARNING):
         trainer.load(path)
     assert "no scheduler state" in caplog.text
+
+
+def test_resuming_with_another_setup_is_refused_with_the_differences(bag: Path, tmp_path: Path) -> None:
+    first = _build(bag, tmp_path)
+    first.save()
+    for overrides, named in (
+        ({"backbone": {"preset": "small"}}, "pretrain.backbone"),  # would crash in load_state_dict
+        ({"method": "ppkt"}, "pretrain.method"),
+        ({"epochs": 3}, "pretrain.epochs"),  # the restored schedule would not match the new length
+    ):
+        other = _build(bag, tmp_path, **overrides)
+        with pytest.raises(ConfigError, match=f"belongs to another run.*{named}.*--no-resume"):
+            other.resume()
+    same = _build(bag, tmp_path, log_every=3)  # logging settings may change
+    assert same.resume()

@@ -44,7 +44,7 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="output folder (one
 DistroOption = Annotated[
     Distro, typer.Option(help="write bag metadata this ROS 2 distribution reads (humble: v8, else v9)")
 ]
-StorageOption = Annotated[Storage, typer.Option(help="mcap (zstd chunks) or sqlite3")]
+StorageOption = Annotated[Storage, typer.Option(help="mcap or sqlite3")]
 CompressOption = Annotated[
     bool, typer.Option(help="zstd-compress mcap chunks (~25-40% smaller KITTI clouds, ~3x slower)")
 ]

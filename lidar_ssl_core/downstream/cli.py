@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from lidar_ssl_core.cli_common import ConfigOption, SetOption, console, fail, parse_sets
-from lidar_ssl_core.errors import LidarSslError
+from lidar_ssl_core.errors import ConfigError, LidarSslError
 
 if TYPE_CHECKING:
     from lidar_ssl_core.config import Config
@@ -68,17 +68,18 @@ def _train(
         _report_index(val_index)
     val = val_index.sweeps if val_index is not None else []
     run = Path(ds.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(dump_config(cfg))
     console.print(
         f"{mode}: {len(sweeps)} of {len(index.sweeps)} labelled sweeps "
-        f"({100 * ds.label_fraction:g}% by scene) from {len(train_bags)} bag(s); {len(val)} validation "
+        f"({100 * len(sweeps) / len(index.sweeps):.3g}%; asked {100 * ds.label_fraction:g}% by scene) from "
+        f"{len(index.scenes())} bag(s); {len(val)} validation "
         f"sweeps; class map {class_map.name} ({class_map.num_classes} classes); backbone "
         f"{'from ' + str(ds.pretrained) if ds.pretrained else 'randomly initialised'}"
     )
     trainer = SegmentationTrainer(ds, cfg.data, class_map, mode, sweeps, val)
     if resume and trainer.resume():
         console.print(f"resumed from {trainer.checkpoint_path} after epoch {trainer.start_epoch}")
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(dump_config(cfg))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -169,7 +170,12 @@ def evaluate(
     """Point-wise mIoU, per-class IoU table, confusion matrix and IoU chart of a model on labelled bags."""
     from torch.utils.data import DataLoader
 
-    from lidar_ssl_core.downstream.data import LabelledSweepDataset, collate_sweeps, index_labelled_sweeps
+    from lidar_ssl_core.downstream.data import (
+        LabelledSweepDataset,
+        check_class_map,
+        collate_sweeps,
+        index_labelled_sweeps,
+    )
     from lidar_ssl_core.downstream.model import load_segmentation_model
     from lidar_ssl_core.downstream.report import iou_table_markdown, write_evaluation_report
     from lidar_ssl_core.downstream.train import evaluate as evaluate_network
@@ -179,7 +185,9 @@ def evaluate(
         seg = load_segmentation_model(model, cfg.downstream.device)
         data = cfg.data.model_copy(update={"voxels": seg.voxels})  # the grid the model was trained on
         index = index_labelled_sweeps(bags, data)
+        _report_index(index)
         dataset = LabelledSweepDataset(index.sweeps, data, seg.class_map, train=False)
+        check_class_map(dataset)
         loader: DataLoader[Any] = DataLoader(
             dataset, batch_size=cfg.downstream.batch_size, collate_fn=collate_sweeps
         )
@@ -205,6 +213,10 @@ def segment(
     from lidar_ssl_core.downstream.segment_bag import write_segmented_bag
 
     try:
+        if bag.is_dir() and not (bag / "metadata.yaml").is_file():
+            raise ConfigError(
+                f"segment takes one bag; {bag} is a folder without metadata.yaml (give one bag inside)"
+            )
         seg = load_segmentation_model(model, device)
         start = time.perf_counter()
         report = write_segmented_bag(

@@ -27,7 +27,7 @@ from lidar_ssl_core.bag.reader import BagReader
 from lidar_ssl_core.config import DataConfig, VoxelConfig
 from lidar_ssl_core.data.frames import ReaderPool
 from lidar_ssl_core.downstream.classes import IGNORE_INDEX, ClassMap
-from lidar_ssl_core.errors import DatasetError, LidarSslError, MessageError
+from lidar_ssl_core.errors import ConfigError, DatasetError, LidarSslError, MessageError
 from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud, pointcloud2_header_and_fields
 from lidar_ssl_core.types import PointCloud
 from lidar_ssl_core.voxels import Voxelization, voxelize
@@ -246,3 +246,43 @@ def collate_sweeps(items: Sequence[LabelledSweep | SkippedSweep]) -> dict[str, A
 def labelled_fraction(labels: npt.NDArray[np.int64]) -> float:
     """Share of points with a training label (not IGNORE_INDEX)."""
     return float((labels != IGNORE_INDEX).mean()) if labels.size else 0.0
+
+
+#: share of labelled points a class map may leave out before it is suspected to be the wrong map
+IGNORED_WARN, IGNORED_REFUSE = 0.5, 0.95
+
+
+def check_class_map(dataset: LabelledSweepDataset, n_sweeps: int = 3) -> float:
+    """Share of the points of a few sweeps that the class map ignores; refuse an obviously wrong map.
+
+    A map that ignores nearly every point (e.g. the synthetic map on SemanticKITTI ids) would train and
+    score on a handful of points (a perfect mIoU on 4 points is not a result), so at 95 % it is a
+    ``ConfigError`` naming the raw ids seen; above 50 % a warning.
+    """
+    positions = np.unique(np.linspace(0, len(dataset) - 1, num=min(n_sweeps, len(dataset))).astype(int))
+    raw_ids: list[npt.NDArray[np.int64]] = []
+    for pos in positions:
+        try:
+            label = dataset.read(int(pos)).label
+        except LidarSslError:
+            continue
+        if label is not None:
+            raw_ids.append(np.asarray(label, np.int64))
+    if not raw_ids:
+        return 0.0
+    raw = np.concatenate(raw_ids)
+    ignored = (
+        float((dataset.class_map.remap(raw) == dataset.class_map.ignore_index).mean()) if raw.size else 0.0
+    )
+    if ignored > IGNORED_WARN:
+        ids, counts = np.unique(raw, return_counts=True)
+        common = ", ".join(str(int(i)) for i in ids[np.argsort(-counts)][:8])
+        message = (
+            f"class map '{dataset.class_map.name}' ignores {100 * ignored:.1f}% of the labelled points "
+            f"(most frequent raw ids: {common}); is it the dataset's map? "
+            "set downstream.class_map (nuscenes, semantickitti, synthetic or a YAML file)"
+        )
+        if ignored >= IGNORED_REFUSE:
+            raise ConfigError(message)
+        log.warning(message)
+    return ignored

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from lidar_ssl_core.downstream.classes import ClassMap, default_colors
 from lidar_ssl_core.downstream.metrics import ConfusionMatrix
+from lidar_ssl_core.fileio import chmod_like_new_file
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
@@ -35,6 +36,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        chmod_like_new_file(tmp)
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

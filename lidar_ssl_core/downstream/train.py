@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from lidar_ssl_core.config import DataConfig
 from lidar_ssl_core.downstream.classes import IGNORE_INDEX, ClassMap
 from lidar_ssl_core.downstream.config import PROTOCOL_LR_HEAD, DownstreamConfig, Mode, protocol_epochs
-from lidar_ssl_core.downstream.data import LabelledSweepDataset, SweepRef, collate_sweeps
+from lidar_ssl_core.downstream.data import LabelledSweepDataset, SweepRef, check_class_map, collate_sweeps
 from lidar_ssl_core.downstream.lovasz import lovasz_softmax
 from lidar_ssl_core.downstream.metrics import ConfusionMatrix, voxel_to_point
 from lidar_ssl_core.downstream.model import (
@@ -158,6 +158,7 @@ class SegmentationTrainer:
             log.warning("linear probe of a randomly initialised backbone: the random-init baseline")
         self.network.to(self.device)
         self.train_set = LabelledSweepDataset(train_sweeps, data, class_map, train=True, seed=config.seed)
+        check_class_map(self.train_set)
         self.val_set = LabelledSweepDataset(val_sweeps, data, class_map, train=False) if val_sweeps else None
         self.sampler = EpochBatchSampler(
             len(self.train_set), config.batch_size, seed=config.seed, shuffle=True, drop_last=False

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lidar_ssl_core.errors import SuperpixelError
+from lidar_ssl_core.fileio import chmod_like_new_file
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class SuperpixelCache:
         try:
             if not cv2.imwrite(str(tmp), labels.astype(np.uint16)):
                 raise SuperpixelError(f"could not write superpixel cache entry {tmp}")
+            chmod_like_new_file(tmp)
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -72,6 +72,22 @@ from lidar_ssl_core.train.scalars import ScalarLog
 log = logging.getLogger(__name__)
 
 
+#: pretrain settings that define what a run learns: a checkpoint is only continued with the same values
+RUN_DEFINING_KEYS = (
+    "method",
+    "epochs",
+    "lr",
+    "momentum",
+    "dampening",
+    "weight_decay",
+    "schedule",
+    "seed",
+    "backbone",
+    "teacher",
+    "loss",
+)
+
+
 class TrainingError(LidarSslError):
     """Training cannot go on (non-finite loss, batch without the keys the method needs)."""
 
@@ -550,8 +566,33 @@ class Pretrainer:
             **({"voxels": self.voxels.model_dump(mode="json")} if self.voxels is not None else {}),
         }
 
+    def check_same_run(self, state: Mapping[str, Any]) -> None:
+        """Refuse to continue a checkpoint of another setup (method, networks, schedule, voxel grid).
+
+        Continuing such a run would silently mix two experiments (or fail deep in ``load_state_dict``).
+        Settings that do not change what is learnt (logging, checkpoint cadence, device) may differ.
+        """
+        saved = state.get("config")
+        ours = self.config.model_dump(mode="json")
+        diffs = []
+        if isinstance(saved, Mapping):
+            for key in RUN_DEFINING_KEYS:
+                if key in saved and saved[key] != ours.get(key):
+                    diffs.append(f"pretrain.{key}: checkpoint {saved[key]!r}, now {ours.get(key)!r}")
+        voxels = state.get("voxels")
+        if isinstance(voxels, Mapping) and self.voxels is not None:
+            now = self.voxels.model_dump(mode="json")
+            if dict(voxels) != now:
+                diffs.append(f"data.voxels: checkpoint {dict(voxels)}, now {now}")
+        if diffs:
+            raise ConfigError(
+                f"{self.checkpoint_path} belongs to another run ({'; '.join(diffs)}); use the same settings, "
+                "another --run-dir, or --no-resume to start over"
+            )
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict`; optional parts that are missing are warned about, not fatal."""
+        self.check_same_run(state)
         self.backbone.load_state_dict(state["backbone"])
         self.teacher.head.load_state_dict(state["teacher_head"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -573,13 +614,6 @@ class Pretrainer:
         self.global_step = int(state["global_step"])
         if self.dist.is_distributed:
             self._reseed_for_rank()
-        saved = state.get("config", {})
-        if isinstance(saved, dict) and saved.get("method") not in (None, self.config.method):
-            log.warning(
-                "checkpoint was trained with method %s, continuing with %s",
-                saved.get("method"),
-                self.config.method,
-            )
 
     def _reseed_for_rank(self) -> None:
         """Under DDP after loading: the checkpoint holds rank 0's RNG states, which every process has just
