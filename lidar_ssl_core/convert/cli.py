@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -63,6 +63,9 @@ def _options(
     skip: bool,
     workers: int | None,
 ) -> ConvertOptions:
+    if overwrite and skip:
+        typer.echo("ERROR: --overwrite and --skip-existing contradict each other; pass one of them", err=True)
+        raise typer.Exit(1)
     return ConvertOptions(
         out_dir=out,
         distro=distro,
@@ -203,7 +206,9 @@ def semantickitti_cmd(
 def kitti_object_cmd(
     root: Annotated[Path, typer.Option(help="KITTI object root (holds training/)")],
     out: OutOption,
-    split: Annotated[str, typer.Option(help="training | testing")] = "training",
+    split: Annotated[
+        Literal["training", "testing"], typer.Option(help="the split folder under --root")
+    ] = "training",
     distro: DistroOption = "jazzy",
     storage: StorageOption = "mcap",
     compress: CompressOption = False,

@@ -81,10 +81,13 @@ def load_pretrained_backbone(
     ]
     if missing or wrong:
         arch = model.config.preset
+        saved = state.get("config", {}).get("backbone") if kind == "pretraining" else state.get("backbone")
+        theirs = saved.get("preset") if isinstance(saved, Mapping) else None
+        hint = f"pass -s downstream.backbone.preset={theirs}" if theirs else "set downstream.backbone.preset"
         raise ConfigError(
-            f"{path} does not fit the '{arch}' backbone: {len(missing)} tensors missing "
-            f"({missing[:3]}...), {len(wrong)} of another shape ({wrong[:3]}...); set the backbone preset "
-            "and in_channels the checkpoint was trained with"
+            f"{path} does not fit the '{arch}' backbone (checkpoint preset: {theirs or 'unknown'}): "
+            f"{len(missing)} tensors missing ({missing[:3]}...), {len(wrong)} of another shape "
+            f"({wrong[:3]}...); {hint} and the in_channels it was trained with"
         )
     model.load_state_dict({**own, **{k: weights[k] for k in body}})
     skipped = len(own) - len(body)
