@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lidar_ssl_core import __version__
-from lidar_ssl_core.cli_common import ConfigOption, SetOption, console, fail, parse_sets
+from lidar_ssl_core.cli_common import ConfigOption, CountProgress, SetOption, console, fail, parse_sets
 from lidar_ssl_core.errors import LidarSslError
 
 if TYPE_CHECKING:
@@ -60,47 +60,6 @@ def main(
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-
-
-class _StepProgress:
-    """A rich progress bar fed by the trainer's per-step statistics (a no-op when disabled)."""
-
-    def __init__(self, total: int, done: int, *, enabled: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = (
-            Progress(
-                TextColumn("[bold]pretrain"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=False,
-            )
-            if enabled
-            else None
-        )
-        self.total, self.done = total, done
-
-    def __enter__(self) -> _StepProgress:
-        if self.progress is not None:
-            self.progress.start()
-            self.task = self.progress.add_task("pretrain", total=self.total, completed=self.done, info="")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def update(self, stats: Any) -> None:
-        if self.progress is None:
-            return
-        info = (
-            f"epoch {stats.epoch + 1} loss {stats.loss:.3f} lr {stats.lr:.3g} "
-            f"{stats.samples_per_s:.2f} samples/s"
-        )
-        self.progress.update(self.task, completed=stats.global_step, info=info)
 
 
 def _load(config: Path | None, bags: list[Path] | None, overrides: dict[str, object] | None = None) -> Config:
@@ -318,7 +277,7 @@ def pretrain(
     """
     from lidar_ssl_core.config import dump_config
     from lidar_ssl_core.train.distributed import init_distributed, shutdown_distributed
-    from lidar_ssl_core.train.pretrain import build_pretraining
+    from lidar_ssl_core.train.pretrain import StepStats, build_pretraining
 
     trainer = None
     try:
@@ -343,8 +302,16 @@ def pretrain(
         if stop is not None:
             total = min(total, stop)
         start = time.perf_counter()
-        with _StepProgress(total, trainer.global_step, enabled=progress and dist.is_main) as bar:
-            result = trainer.fit(max_steps=stop, on_step=bar.update)
+        with CountProgress("pretrain", total, trainer.global_step, enabled=progress and dist.is_main) as bar:
+
+            def on_step(stats: StepStats) -> None:
+                info = (
+                    f"epoch {stats.epoch + 1} loss {stats.loss:.3f} lr {stats.lr:.3g} "
+                    f"{stats.samples_per_s:.2f} samples/s"
+                )
+                bar.update(stats.global_step, info)
+
+            result = trainer.fit(max_steps=stop, on_step=on_step)
         elapsed = time.perf_counter() - start
         if not result.finished:
             trainer.save()  # stopped by --max-steps: the next call resumes from here

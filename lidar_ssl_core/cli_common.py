@@ -45,3 +45,38 @@ def parse_sets(sets: list[str] | None) -> dict[str, object]:
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from err
     return values
+
+
+class CountProgress:
+    """A rich bar counting steps or epochs, with a free-text info column (a no-op when disabled)."""
+
+    def __init__(self, label: str, total: int, done: int = 0, *, enabled: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = (
+            Progress(
+                TextColumn(f"[bold]{label}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            if enabled
+            else None
+        )
+        self.label, self.total, self.done = label, total, done
+
+    def __enter__(self) -> CountProgress:
+        if self.progress is not None:
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=self.total, completed=self.done, info="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, completed: int, info: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=completed, info=info)

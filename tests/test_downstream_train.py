@@ -234,7 +234,8 @@ def test_cli_chain_pretrain_probe_evaluate_segment(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert 0.0 <= report["miou"] <= 1.0 and (tmp_path / "eval" / "eval_iou.png").stat().st_size > 0
-    assert "| road |" in result.output or "road" in result.output
+    assert "| road |" in result.output  # the per-class table is printed
+    assert f"**{100 * report['miou']:.1f}**" in result.output  # with the same mIoU as the JSON report
 
     result = runner.invoke(app, ["segment", "--model", str(model), "--bag", str(bag), "--out", str(seg)])
     assert result.exit_code == 0, result.output

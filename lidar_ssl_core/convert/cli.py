@@ -21,6 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from lidar_ssl_core.cli_common import console, fail
 from lidar_ssl_core.convert.common import (
     ConvertOptions,
     ConvertSummary,
@@ -30,7 +31,7 @@ from lidar_ssl_core.convert.common import (
     Storage,
     default_workers,
 )
-from lidar_ssl_core.errors import LidarSslError
+from lidar_ssl_core.errors import ConfigError, LidarSslError
 
 convert_app = typer.Typer(
     name="convert",
@@ -38,7 +39,6 @@ convert_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, soft_wrap=True)
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="output folder (one bag per scene/drive/...)")]
 DistroOption = Annotated[
@@ -64,8 +64,7 @@ def _options(
     workers: int | None,
 ) -> ConvertOptions:
     if overwrite and skip:
-        typer.echo("ERROR: --overwrite and --skip-existing contradict each other; pass one of them", err=True)
-        raise typer.Exit(1)
+        raise fail(ConfigError("--overwrite and --skip-existing contradict each other; pass one of them"))
     return ConvertOptions(
         out_dir=out,
         distro=distro,
@@ -104,8 +103,7 @@ def _run(job: Callable[[ProgressCallback | None], ConvertSummary], dry_run: bool
 
                 summary = job(progress)
     except LidarSslError as err:
-        typer.echo(f"ERROR: {err}", err=True)
-        raise typer.Exit(1) from err
+        raise fail(err) from err
     out = Console(soft_wrap=True)
     for line in summary.lines():
         out.print(line, highlight=False, markup=False)

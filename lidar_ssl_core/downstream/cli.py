@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from lidar_ssl_core.cli_common import ConfigOption, SetOption, console, fail, parse_sets
+from lidar_ssl_core.cli_common import ConfigOption, CountProgress, SetOption, console, fail, parse_sets
 from lidar_ssl_core.errors import ConfigError, LidarSslError
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def _train(
     from lidar_ssl_core.downstream.classes import load_class_map
     from lidar_ssl_core.downstream.data import index_labelled_sweeps
     from lidar_ssl_core.downstream.report import write_evaluation_report
-    from lidar_ssl_core.downstream.train import SegmentationTrainer, select_training_sweeps
+    from lidar_ssl_core.downstream.train import EpochStats, SegmentationTrainer, select_training_sweeps
     from lidar_ssl_core.resources import default_bag
 
     cfg = _config(config, sets, overrides)
@@ -80,21 +80,11 @@ def _train(
         console.print(f"resumed from {trainer.checkpoint_path} after epoch {trainer.start_epoch}")
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(dump_config(cfg))
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    with CountProgress(mode, trainer.epochs, trainer.start_epoch) as bar:
 
-    with Progress(
-        TextColumn(f"[bold]{mode}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=console,
-    ) as bar:
-        task = bar.add_task(mode, total=trainer.epochs, completed=trainer.start_epoch, info="")
-
-        def on_epoch(stats: Any) -> None:
+        def on_epoch(stats: EpochStats) -> None:
             miou = f" val mIoU {100 * stats.miou:.2f}" if stats.miou is not None else ""
-            bar.update(task, completed=stats.epoch + 1, info=f"loss {stats.loss:.3f}{miou}")
+            bar.update(stats.epoch + 1, f"loss {stats.loss:.3f}{miou}")
 
         start = time.perf_counter()
         result = trainer.fit(on_epoch=on_epoch)
@@ -209,18 +199,18 @@ def segment(
     device: Annotated[Optional[str], typer.Option(help="torch device")] = None,  # noqa: UP045
 ) -> None:
     """Copy a bag and add a labelled, colour-coded PointCloud2 topic (label + rgb) for RViz/Foxglove."""
+    from lidar_ssl_core.bag.discover import expand_bags
     from lidar_ssl_core.downstream.model import load_segmentation_model
     from lidar_ssl_core.downstream.segment_bag import write_segmented_bag
 
     try:
-        if bag.is_dir() and not (bag / "metadata.yaml").is_file():
-            raise ConfigError(
-                f"segment takes one bag; {bag} is a folder without metadata.yaml (give one bag inside)"
-            )
+        found = expand_bags([bag])  # the same discovery as every command that reads bags
+        if len(found) != 1:
+            raise ConfigError(f"segment takes one bag; {bag} holds {len(found)} (give one of them)")
         seg = load_segmentation_model(model, device)
         start = time.perf_counter()
         report = write_segmented_bag(
-            bag, out, seg.predict_cloud, seg.class_map, topic_out=topic, overwrite=overwrite
+            found[0], out, seg.predict_cloud, seg.class_map, topic_out=topic, overwrite=overwrite
         )
         console.print(
             f"{report.sweeps_written} sweeps segmented ({report.points_written} points) in "

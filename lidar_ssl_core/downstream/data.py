@@ -26,7 +26,7 @@ from lidar_ssl_core.bag.discover import expand_bags
 from lidar_ssl_core.bag.reader import BagReader
 from lidar_ssl_core.config import DataConfig, VoxelConfig
 from lidar_ssl_core.data.frames import ReaderPool
-from lidar_ssl_core.downstream.classes import IGNORE_INDEX, ClassMap
+from lidar_ssl_core.downstream.classes import ClassMap
 from lidar_ssl_core.errors import ConfigError, DatasetError, LidarSslError, MessageError
 from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud, pointcloud2_header_and_fields
 from lidar_ssl_core.types import PointCloud
@@ -241,11 +241,6 @@ def collate_sweeps(items: Sequence[LabelledSweep | SkippedSweep]) -> dict[str, A
         "sources": [s.source for s in samples],
         "skipped": skipped,
     }
-
-
-def labelled_fraction(labels: npt.NDArray[np.int64]) -> float:
-    """Share of points with a training label (not IGNORE_INDEX)."""
-    return float((labels != IGNORE_INDEX).mean()) if labels.size else 0.0
 
 
 #: share of labelled points a class map may leave out before it is suspected to be the wrong map

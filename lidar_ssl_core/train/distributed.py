@@ -91,23 +91,10 @@ def _initialised() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def barrier() -> None:
-    """Wait for every process (no-op when not distributed)."""
-    if _initialised():
-        dist.barrier()
-
-
 def shutdown_distributed() -> None:
     """Leave the process group (no-op when not distributed)."""
     if _initialised():
         dist.destroy_process_group()
-
-
-def all_mean(value: float, device: torch.device) -> float:
-    """Mean of a scalar over the processes (the value itself when not distributed)."""
-    if not _initialised():
-        return value
-    return all_sum([value], device)[0] / dist.get_world_size()
 
 
 def all_sum(values: Sequence[float], device: torch.device) -> list[float]:
