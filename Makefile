@@ -13,17 +13,32 @@ TORCH ?= torch==2.13.0
 
 CONFIG ?= configs/cpu_demo.yaml
 
-.PHONY: venv run samples test lint bench clean-venv
+.PHONY: venv run samples test lint bench clean-venv lock
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every install is pinned by constraints.txt so a fresh machine gets the versions the tests passed with.
+CONSTRAINTS := constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check "$(TORCH)"
-	$(PIP) install -q --disable-pip-version-check -e '.[dev,ros]'
+	$(PIP) install -q --disable-pip-version-check -c $(CONSTRAINTS) "$(TORCH)"
+	$(PIP) install -q --disable-pip-version-check -c $(CONSTRAINTS) -e '.[dev,ros]'
 	# nuscenes-devkit pins numpy<2 but runs on numpy 2: its dependencies come from the dev extra
-	$(PIP) install -q --disable-pip-version-check --no-deps 'nuscenes-devkit>=1.1'
+	$(PIP) install -q --disable-pip-version-check -c $(CONSTRAINTS) --no-deps 'nuscenes-devkit>=1.1'
 	touch $(STAMP)
+
+# Re-resolve the newest versions into a scratch venv and rewrite constraints.txt: run on purpose, then
+# run `make test` against the new pins before committing them.
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/pip install -q --disable-pip-version-check "$(TORCH)"
+	.lock-venv/bin/pip install -q --disable-pip-version-check -e '.[dev,ros]'
+	.lock-venv/bin/pip install -q --disable-pip-version-check --no-deps 'nuscenes-devkit>=1.1'
+	{ echo "# Pinned versions of everything the tests depend on; make installs with -c constraints.txt."; \
+	  echo "# Refresh on purpose: make lock (after checking the suite passes with the new versions)."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^lidar-ssl' | sed 's/+cpu$$//'; } > $(CONSTRAINTS)
+	rm -rf .lock-venv
 
 run: $(STAMP)
 	$(VENV)/bin/lidar-ssl pretrain --config $(CONFIG) $(ARGS)
