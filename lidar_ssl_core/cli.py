@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from lidar_ssl_core import __version__
+from lidar_ssl_core.bag_formats import Distro, Storage
 from lidar_ssl_core.cli_common import ConfigOption, CountProgress, SetOption, console, fail, parse_sets
 from lidar_ssl_core.errors import LidarSslError
 
 if TYPE_CHECKING:
     from lidar_ssl_core.config import Config
-from lidar_ssl_core.synth.bagfile import Distro, Storage
 
 app = typer.Typer(
     name="lidar-ssl",

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-import yaml
 from rich.console import Console
 
 from lidar_ssl_core.errors import ConfigError, LidarSslError
@@ -35,6 +34,8 @@ def fail(err: LidarSslError) -> typer.Exit:
 
 def parse_sets(sets: list[str] | None) -> dict[str, object]:
     """``--set a.b=1`` pairs as load_config overrides (values parsed as YAML: numbers, lists, booleans)."""
+    import yaml
+
     values: dict[str, object] = {}
     for item in sets or []:
         key, sep, raw = item.partition("=")

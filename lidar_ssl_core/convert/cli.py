@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -21,17 +21,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from lidar_ssl_core.bag_formats import Distro, Storage
 from lidar_ssl_core.cli_common import console, fail
-from lidar_ssl_core.convert.common import (
-    ConvertOptions,
-    ConvertSummary,
-    Distro,
-    ProgressCallback,
-    ProgressEvent,
-    Storage,
-    default_workers,
-)
 from lidar_ssl_core.errors import ConfigError, LidarSslError
+
+if TYPE_CHECKING:  # the converters import numpy, rosbags and OpenCV: only when a command runs
+    from lidar_ssl_core.convert.common import ConvertOptions, ConvertSummary, ProgressCallback, ProgressEvent
 
 convert_app = typer.Typer(
     name="convert",
@@ -63,6 +58,8 @@ def _options(
     skip: bool,
     workers: int | None,
 ) -> ConvertOptions:
+    from lidar_ssl_core.convert.common import ConvertOptions, default_workers
+
     if overwrite and skip:
         raise fail(ConfigError("--overwrite and --skip-existing contradict each other; pass one of them"))
     return ConvertOptions(

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lidar_ssl_core.bag.writer import BagWriter
+from lidar_ssl_core.bag_formats import Distro, Storage
 from lidar_ssl_core.errors import DatasetError, LidarSslError
 from lidar_ssl_core.geometry.transforms import Matrix4, matrix_to_quat_xyzw, quat_xyzw_to_matrix
 from lidar_ssl_core.msg.camera_info import make_camera_info
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Distro = Literal["humble", "jazzy", "kilted"]
-Storage = Literal["mcap", "sqlite3"]
 
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"

@@ -9,11 +9,11 @@ messages are written in stamp order, as a recorder would.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from lidar_ssl_core.bag.writer import BagWriter
+from lidar_ssl_core.bag_formats import Distro, Storage
 from lidar_ssl_core.config import ProfileConfig
 from lidar_ssl_core.msg.camera_info import make_camera_info
 from lidar_ssl_core.msg.image import make_compressed_image
@@ -24,9 +24,6 @@ from lidar_ssl_core.synth.sensors import BASE_FRAME, WORLD_FRAME, SensorRig, bui
 from lidar_ssl_core.synth.simulate import SynthFrame, simulate
 from lidar_ssl_core.synth.world import generate_world
 from lidar_ssl_core.types import StampedTransform
-
-Distro = Literal["humble", "jazzy", "kilted"]
-Storage = Literal["mcap", "sqlite3"]
 
 _POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 _COMPRESSED = "sensor_msgs/msg/CompressedImage"
