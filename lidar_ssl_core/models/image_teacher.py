@@ -1,17 +1,21 @@
 """The frozen 2D teacher of image-to-LiDAR distillation (SLidR's ``DilationFeatureExtractor`` / PPKT).
 
-A self-supervised ResNet-50 is loaded from a user-given file and frozen; only a 1x1 projection head is
-trained. The module enforces its own frozenness (docs style item 9): parameters never require grad, the
-backbone runs under ``no_grad`` and always in ``eval`` (BN statistics frozen), ``train()`` only reaches
-the head, and tampering (re-enabling grads or train mode on the backbone) is refused at the next forward.
+A self-supervised ResNet-50 or DINOv2 ViT/14 (:mod:`lidar_ssl_core.models.dinov2`) is loaded from a
+user-given path and frozen; only a 1x1 projection head is trained. The module enforces its own
+frozenness (docs style item 9): parameters never require grad, the backbone runs under ``no_grad`` and
+always in ``eval`` (BN statistics frozen), ``train()`` only reaches the head, and tampering (re-enabling
+grads or train mode on the backbone) is refused at the next forward.
 
 Input images are RGB, (B, 3, H, W), either ``uint8`` in [0, 255] or floating point in [0, 1]; ImageNet
 mean/std normalisation happens inside. Outputs are exactly aligned with the input pixels when H and W are
-multiples of the output stride (4 dilated, 32 strided), as in the reference crops (224x416).
+multiples of the output stride (4 dilated, 32 strided), as in the reference crops (224x416). A DINOv2
+teacher sees the images resized to multiples of its patch size (14) and its projected patch map is upsampled
+back to the input size, so every input pixel still gets one feature.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -23,6 +27,7 @@ from torch import nn
 
 from lidar_ssl_core.errors import ConfigError, LidarSslError
 from lidar_ssl_core.models.checkpoints import CheckpointLayout, load_backbone_weights
+from lidar_ssl_core.models.dinov2 import Dinov2Features, load_dinov2
 from lidar_ssl_core.models.filterbank import FilterBankBackbone
 from lidar_ssl_core.models.resnet import ResNet, resnet50
 
@@ -43,43 +48,87 @@ class TeacherConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    arch: Literal["resnet50", "filterbank"] = Field(
+    arch: Literal["resnet50", "dinov2", "filterbank"] = Field(
         "resnet50",
-        description="resnet50 (the papers; give weights) or filterbank (fixed label-free colour/texture "
-        "features, no weights: the synthetic-world teacher, models/filterbank.py)",
+        description="resnet50 (the papers; give weights), dinov2 (ViT-S/B/L/g 14, with or without "
+        "registers; size read from the weights, which are required) or filterbank (fixed label-free "
+        "colour/texture features, no weights: the synthetic-world teacher, models/filterbank.py)",
     )
     form: Literal["dilated", "strided"] = Field(
         "dilated",
-        description="dilated: strides of layer2..4 replaced by dilation, output stride 4 (SLidR); "
-        "strided: plain ResNet, output stride 32 (PPKT)",
+        description="resnet50 only. dilated: strides of layer2..4 replaced by dilation, output stride 4 "
+        "(SLidR); strided: plain ResNet, output stride 32 (PPKT)",
     )
     weights: Path | None = Field(
         None,
-        description="self-supervised checkpoint file (never downloaded); None = random init (tests only)",
+        description="self-supervised checkpoint (never downloaded): a file; for dinov2 the official .pth or "
+        "a Hugging Face folder (config.json + model.safetensors); None = random init (resnet50, tests only)",
     )
-    layout: CheckpointLayout = Field("auto", description="checkpoint key layout; auto-detected by default")
+    layout: CheckpointLayout = Field(
+        "auto", description="resnet50 checkpoint key layout; auto-detected by default (dinov2: always auto)"
+    )
     container: str | None = Field(None, description="override: top-level key that holds the state dict")
     prefix: str | None = Field(None, description="override: key prefix of the backbone tensors, stripped")
     out_dim: int = Field(64, gt=0, description="channels of the projected per-pixel features (F)")
+    allow_random: bool = Field(
+        False,
+        description="let `lidar-ssl pretrain` run a resnet50 teacher without weights (random init: "
+        "teaches nothing; smoke tests only)",
+    )
+    layers: tuple[int, ...] = Field(
+        (-1,),
+        min_length=1,
+        description="dinov2: blocks whose patch tokens are concatenated (negative = from the end; "
+        "-1 = last block)",
+    )
+    final_norm: bool = Field(
+        True,
+        description="dinov2: apply the ViT's final LayerNorm to the chosen blocks (DINOv2's "
+        "x_norm_patchtokens); false = raw block output (ScaLR's x_pre_norm)",
+    )
+    image_size: tuple[int, int] | None = Field(
+        None,
+        description="dinov2: resize images to this (H, W), multiples of 14, before the ViT (ScaLR: "
+        "224x448); None = the nearest multiples of 14 of the input size",
+    )
+    half_precision: bool = Field(
+        True, description="dinov2 on CUDA: run the frozen ViT under float16 autocast (ignored on CPU)"
+    )
 
     @model_validator(mode="after")
     def _check_weights(self) -> TeacherConfig:
         if self.arch == "filterbank" and self.weights is not None:
             raise ValueError("the filterbank teacher has no weights file; unset teacher.weights")
-        if self.weights is not None and not self.weights.is_file():
+        if self.arch == "dinov2":
+            if self.weights is None:
+                raise ValueError(
+                    "the dinov2 teacher needs teacher.weights (its size is read from the checkpoint): "
+                    "an official dinov2_vit*14*_pretrain.pth or a Hugging Face folder"
+                )
+            if not self.weights.exists():
+                raise ValueError(f"teacher weights {self.weights} do not exist")
+            if self.layout != "auto":
+                raise ValueError("teacher.layout applies to resnet50; dinov2 layouts are auto-detected")
+            if self.image_size is not None and any(s <= 0 or s % 14 for s in self.image_size):
+                raise ValueError(f"teacher.image_size {self.image_size} must be positive multiples of 14")
+        elif self.weights is not None and not self.weights.is_file():
             raise ValueError(f"teacher weights file {self.weights} does not exist")
         return self
 
 
 class TeacherOutput(NamedTuple):
-    """``pixel_features``: (B, out_dim, H, W) unit vectors; ``backbone_features``: (B, 2048, h, w) raw map."""
+    """``pixel_features``: (B, out_dim, H, W) unit vectors; ``backbone_features``: (B, C, h, w) frozen map.
+
+    C, h, w: 2048 at stride 4 or 32 (ResNet-50), or the ViT width x #layers on the patch grid of the resized
+    image (DINOv2). These pre-head features feed ST-SLidR's similarity, OLIVINE and ScaLR's targets.
+    """
 
     pixel_features: torch.Tensor
     backbone_features: torch.Tensor
 
 
 class ImageTeacher(nn.Module):
-    """Frozen ResNet-50 + trainable 1x1 conv, bilinear upsampling (align_corners=True) and l2 norm."""
+    """Frozen ResNet-50 / DINOv2 + trainable 1x1 conv, bilinear upsampling to the input and l2 norm."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -92,9 +141,13 @@ class ImageTeacher(nn.Module):
                 f"teacher out_dim {self.config.out_dim} != student feature size {student_dim}; "
                 "set teacher.out_dim to the student's output channels"
             )
-        self.backbone: ResNet | FilterBankBackbone
+        self.backbone: ResNet | FilterBankBackbone | Dinov2Features
         if self.config.arch == "filterbank":
             self.backbone = FilterBankBackbone(IMAGENET_MEAN, IMAGENET_STD)
+        elif self.config.arch == "dinov2":
+            assert self.config.weights is not None  # the config validator requires it
+            vit = load_dinov2(self.config.weights, container=self.config.container, prefix=self.config.prefix)
+            self.backbone = Dinov2Features(vit, self.config.layers, self.config.final_norm)
         else:
             self.backbone = resnet50(dilated=self.config.form == "dilated", include_fc=False)
             if self.config.weights is not None:
@@ -158,14 +211,37 @@ class ImageTeacher(nn.Module):
             raise ConfigError(f"teacher input must be uint8 or floating point, got {images.dtype}")
         return (x - self.mean) / self.std
 
+    def vit_input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H', W') the ViT sees: ``teacher.image_size``, or the nearest multiples of the patch size."""
+        if self.config.image_size is not None:
+            return self.config.image_size
+        p = self.output_stride
+        return max(p, round(height / p) * p), max(p, round(width / p) * p)
+
+    def _backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen features of normalised images; DINOv2: resized to patch multiples, float16 on CUDA."""
+        if not isinstance(self.backbone, Dinov2Features):
+            out: torch.Tensor = self.backbone(x)
+            return out
+        size = self.vit_input_size(x.shape[-2], x.shape[-1])
+        if size != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        half = x.is_cuda and self.config.half_precision
+        ctx = torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext()
+        with ctx:
+            feats: torch.Tensor = self.backbone(x)
+        return feats.float()
+
     def forward(self, images: torch.Tensor) -> TeacherOutput:
-        """Images (B, 3, H, W) -> unit per-pixel features (B, out_dim, H, W) and the 2048-d backbone map."""
+        """Images (B, 3, H, W) -> unit per-pixel features (B, out_dim, H, W) and the frozen backbone map."""
         self._check_frozen()
         height, width = images.shape[-2:]
         with torch.no_grad():
-            feats = self.backbone(self.normalize(images))
+            feats = self._backbone_features(self.normalize(images))
         projected = self.head(feats)
-        # Same as the reference's Upsample(scale_factor=stride, align_corners=True) when H, W are multiples
-        # of the stride; aligning to the input size keeps one feature per pixel otherwise.
-        upsampled = F.interpolate(projected, size=(height, width), mode="bilinear", align_corners=True)
+        # ResNet: the reference's Upsample(scale_factor=stride, align_corners=True) when H, W are multiples
+        # of the stride; aligning to the input size keeps one feature per pixel otherwise. DINOv2: patch
+        # centres map to pixel centres (align_corners=False), composing with the resize above.
+        vit = isinstance(self.backbone, Dinov2Features)
+        upsampled = F.interpolate(projected, size=(height, width), mode="bilinear", align_corners=not vit)
         return TeacherOutput(F.normalize(upsampled, p=2, dim=1), feats)
