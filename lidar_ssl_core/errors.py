@@ -92,3 +92,19 @@ class DatasetError(LidarSslError):
 
 class LossInputError(LidarSslError, ValueError):
     """Tensors given to a loss have inconsistent shapes, dtypes or values (the message names them)."""
+
+
+class PointCloudInputError(LidarSslError, ValueError):
+    """A cloud given to the inference engine has the wrong layout or size (the message says which)."""
+
+
+class ModelPackageError(LidarSslError):
+    """A model package cannot be written or loaded (missing or tampered file, newer format)."""
+
+
+class EngineCompatibilityError(ModelPackageError):
+    """A compiled engine was built for another GPU / TensorRT version and cannot be rebuilt here."""
+
+
+class BackendUnavailableError(ConfigError, ImportError):
+    """An inference backend was asked for whose runtime (onnxruntime, TensorRT, spconv, CUDA) is missing."""

@@ -90,7 +90,8 @@ class SpconvOps:
         )
         return module
 
-    def make_input(self, coords: Tensor, features: Tensor) -> Any:
+    def make_input(self, coords: Tensor, features: Tensor, cache: Any = None) -> Any:
+        """``cache`` (portable kernel maps) is ignored: spconv builds its own indice pairs."""
         global _warned_threads
         if features.device.type == "cpu" and torch.get_num_threads() > 1 and not _warned_threads:
             _warned_threads = True

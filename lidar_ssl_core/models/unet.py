@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from lidar_ssl_core.errors import LidarSslError
 from lidar_ssl_core.models.spconv_backend import SpconvOps
-from lidar_ssl_core.sparse import SparseConv3d, SparseInverseConv3d, SparseTensor, SubMConv3d
+from lidar_ssl_core.sparse import KernelMapCache, SparseConv3d, SparseInverseConv3d, SparseTensor, SubMConv3d
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class SparseOps(Protocol):
 
     def up(self, c_in: int, c_out: int, level: int) -> nn.Module: ...
 
-    def make_input(self, coords: Tensor, features: Tensor) -> Any: ...
+    def make_input(self, coords: Tensor, features: Tensor, cache: KernelMapCache | None = None) -> Any: ...
 
     def features(self, x: Any) -> Tensor: ...
 
@@ -112,8 +112,13 @@ class PortableOps:
     def up(self, c_in: int, c_out: int, level: int) -> nn.Module:
         return SparseInverseConv3d(c_in, c_out, 2, bias=False, indice_key=f"down{level // 2}")
 
-    def make_input(self, coords: Tensor, features: Tensor) -> SparseTensor:
-        return SparseTensor(features, coords.to(torch.int32))
+    def make_input(
+        self, coords: Tensor, features: Tensor, cache: KernelMapCache | None = None
+    ) -> SparseTensor:
+        """``cache``: kernel maps built beforehand (the inference engine times them separately)."""
+        if cache is None:
+            return SparseTensor(features, coords.to(torch.int32))
+        return SparseTensor(features, coords.to(torch.int32), cache=cache)
 
     def features(self, x: Any) -> Tensor:
         out: Tensor = x.features
@@ -268,19 +273,19 @@ class Res16UNet(nn.Module):
         if int(coords[:, 0].min()) < 0:
             raise BackboneInputError("batch indices (coords[:, 0]) must be >= 0")
 
-    def forward(self, coords: Tensor, features: Tensor) -> Tensor:
+    def forward(self, coords: Tensor, features: Tensor, cache: KernelMapCache | None = None) -> Tensor:
         """Per-voxel features (V, out_dim), rows in the order of ``coords``; l2-normalised if configured.
 
         ``coords`` (V, 4) integer ``[batch, c0, c1, c2]`` (unique per batch item, may be negative);
         ``features`` (V, in_channels) float on the same device.
         """
-        return self.head(self.trunk(coords, features))
+        return self.head(self.trunk(coords, features, cache))
 
-    def trunk(self, coords: Tensor, features: Tensor) -> Tensor:
+    def trunk(self, coords: Tensor, features: Tensor, cache: KernelMapCache | None = None) -> Tensor:
         """Features (V, feature_dim) entering the 1x1 head: what a linear probe classifies."""
         self._check_inputs(coords, features)
         ops = self.ops
-        x = ops.make_input(coords, features)
+        x = ops.make_input(coords, features, cache)
         out_p1 = _relu(ops, self.bn0(self.conv0p1s1(x)))
         out = _relu(ops, self.bn1(self.conv1p1s2(out_p1)))
         out_b1p2 = self.block1(out)

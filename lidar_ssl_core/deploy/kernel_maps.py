@@ -1,0 +1,153 @@
+"""Kernel maps of the whole U-Net, built once per scan before the network runs (the second hot path).
+
+Everything is vectorised torch (sort + searchsorted over packed keys, no Python loop over points) and runs
+on the device the coordinates live on: CPU here, CUDA on the vehicle. Two forms:
+
+- :func:`portable_cache`: the :class:`~lidar_ssl_core.sparse.KernelMapCache` the eager portable network
+  would build lazily, built up front so the engine can time it apart from the network;
+- :func:`graph_tables`: the neighbour tables the exported graph (ONNX Runtime, TensorRT) takes as
+  inputs. Per conv kind and level, one gather list per kernel offset (input rows feeding that offset,
+  plus a trailing sentinel that reads the zero pad row) and one position table saying where each
+  output's contributions lie in the concatenation of the per-offset products. The graph then is
+  ``Y_k = X[g_k] @ W_k`` (exact FLOPs, no wasted products for empty neighbours) and
+  ``out = sum(Y[pos], axis=1)`` (see :mod:`lidar_ssl_core.deploy.onnx_graph`).
+
+Levels are the U-Net's tensor strides 1, 2, 4, 8, 16; output rows of a downsampling are sorted by packed
+key exactly as :func:`~lidar_ssl_core.sparse.build_downsample_map` sorts them, so both forms agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lidar_ssl_core.sparse import KernelMapCache, build_downsample_map, build_submanifold_map
+from lidar_ssl_core.sparse.kernel_map import kernel_offsets, pack_keys, unpack_keys
+
+#: tensor strides of the Res16UNet levels
+LEVELS = (1, 2, 4, 8, 16)
+SUBM_VOLUME = 27
+SUBM_CENTRE = 13
+DOWN_VOLUME = 8
+
+
+def portable_cache(coords: Tensor) -> KernelMapCache:
+    """Every map the portable Res16UNet needs for ``coords`` (V, 4) int32 [batch, c0, c1, c2]."""
+    cache = KernelMapCache()
+    current = coords.to(torch.int32)
+    cache.coords[1] = current
+    for stride in LEVELS:
+        cache.maps[("subm", stride, 3)] = build_submanifold_map(current, 3)
+        if stride == LEVELS[-1]:
+            break
+        kmap, coarse = build_downsample_map(current, 2)
+        cache.maps[("down", stride, 2)] = kmap
+        cache.coords[stride * 2] = coarse
+        current = coarse
+    return cache
+
+
+@dataclass(frozen=True)
+class OffsetLists:
+    """Gather lists of one conv kind at one level: ``flat`` split into ``sizes`` (each ends in a sentinel)."""
+
+    flat: Tensor  # (sum(sizes),) int32
+    sizes: tuple[int, ...]
+
+    def lists(self) -> tuple[Tensor, ...]:
+        return tuple(torch.split(self.flat, list(self.sizes)))
+
+
+@dataclass(frozen=True)
+class GraphTables:
+    """Inputs of the exported graph for one scan (all int32, on the coordinates' device)."""
+
+    num_voxels: dict[int, int]  # stride -> voxel count
+    subm: dict[int, tuple[OffsetLists, Tensor]]  # stride -> (26 lists, pos (V, 26))
+    down: dict[int, tuple[OffsetLists, Tensor]]  # fine stride -> (8 lists, pos (V_coarse, 8))
+    up: dict[int, tuple[OffsetLists, Tensor]]  # fine stride -> (8 lists, pos (V_fine,))
+
+    def feeds(self) -> dict[str, Tensor]:
+        """name -> tensor, as :func:`lidar_ssl_core.deploy.onnx_graph.input_names` names them."""
+        out: dict[str, Tensor] = {}
+        for kind, table in (("s", self.subm), ("d", self.down), ("u", self.up)):
+            for stride, (lists, pos) in table.items():
+                for k, g in enumerate(lists.lists()):
+                    out[f"{kind}{stride}_g{k}"] = g
+                out[f"{kind}{stride}_pos"] = pos
+        return out
+
+
+def _positions(group: Tensor, volume: int, n: int) -> tuple[Tensor, Tensor]:
+    """For ``n`` items with group ids ``group`` (n,): the group sizes, and each item's row in the
+    concatenation of the groups (items in index order within a group, one sentinel row after each)."""
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group, minlength=volume)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=group.device)
+    return counts, rank + group  # one sentinel row per preceding group
+
+
+def _subm(coords: Tensor) -> tuple[OffsetLists, Tensor]:
+    """Submanifold 3x3x3 lists and position table at one level (coords (V, 3) int64, unique)."""
+    n = coords.shape[0]
+    dev = coords.device
+    zeros = torch.zeros(n, dtype=torch.int64, device=dev)
+    keys = pack_keys(zeros, coords)
+    sorted_keys, perm = torch.sort(keys)
+    offsets = kernel_offsets(3, dev)
+    offsets = torch.cat([offsets[:SUBM_CENTRE], offsets[SUBM_CENTRE + 1 :]])  # the centre is X @ W_c
+    query = pack_keys(zeros[None, :], coords[None, :, :] + offsets[:, None, :])  # (26, V)
+    spos = torch.searchsorted(sorted_keys, query).clamp_(max=n - 1)
+    hit = sorted_keys[spos] == query
+    counts = hit.sum(dim=1)  # (26,)
+    sizes = counts + 1
+    starts = torch.cumsum(sizes, 0) - sizes
+    rank = torch.cumsum(hit, dim=1) - 1
+    where = starts[:, None] + rank  # (26, V) row of each hit in the concatenation
+    sentinel = counts[0]  # the pad row of group 0 (its product is zero)
+    pos = torch.where(hit, where, sentinel).t().contiguous()  # (V, 26)
+    flat = torch.full((int(sizes.sum()),), n, dtype=torch.int64, device=dev)
+    flat[where[hit]] = perm[spos[hit]]
+    return OffsetLists(flat.to(torch.int32), tuple(int(s) for s in sizes.tolist())), pos.to(torch.int32)
+
+
+def _down(coords: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Parent (n,), kernel offset (n,) of every fine voxel, coarse coords (sorted by key), coarse count."""
+    coarse = torch.div(coords, 2, rounding_mode="floor")
+    local = coords - coarse * 2
+    zeros = torch.zeros(coords.shape[0], dtype=torch.int64, device=coords.device)
+    out_keys, parent = torch.unique(pack_keys(zeros, coarse), sorted=True, return_inverse=True)
+    k = (local[:, 0] * 2 + local[:, 1]) * 2 + local[:, 2]
+    return parent, k, unpack_keys(out_keys)[:, 1:].to(torch.int64), int(out_keys.shape[0])
+
+
+def graph_tables(coords: Tensor) -> GraphTables:
+    """All graph inputs except the features, for level-1 coords (V, 3) or (V, 4) (batch column dropped)."""
+    current = (coords[:, 1:] if coords.shape[1] == 4 else coords).to(torch.int64)
+    subm: dict[int, tuple[OffsetLists, Tensor]] = {}
+    down: dict[int, tuple[OffsetLists, Tensor]] = {}
+    up: dict[int, tuple[OffsetLists, Tensor]] = {}
+    counts_by_level: dict[int, int] = {}
+    for stride in LEVELS:
+        n = current.shape[0]
+        counts_by_level[stride] = n
+        subm[stride] = _subm(current)
+        if stride == LEVELS[-1]:
+            break
+        parent, k, coarse, n_coarse = _down(current)
+        counts, slot = _positions(k, DOWN_VOLUME, n)
+        sizes = counts + 1
+        fine_flat = torch.full((int(sizes.sum()),), n, dtype=torch.int64, device=k.device)
+        fine_flat[slot] = torch.arange(n, device=k.device)
+        parent_flat = torch.full_like(fine_flat, n_coarse)
+        parent_flat[slot] = parent
+        down_pos = torch.full((n_coarse, DOWN_VOLUME), int(counts[0]), dtype=torch.int64, device=k.device)
+        down_pos[parent, k] = slot
+        size_t = tuple(int(s) for s in sizes.tolist())
+        down[stride] = (OffsetLists(fine_flat.to(torch.int32), size_t), down_pos.to(torch.int32))
+        up[stride] = (OffsetLists(parent_flat.to(torch.int32), size_t), slot.to(torch.int32))
+        current = coarse
+    return GraphTables(counts_by_level, subm, down, up)
