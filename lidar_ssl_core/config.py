@@ -141,6 +141,11 @@ class LoaderConfig(_Section):
     image_scale: float = Field(
         1.0, gt=0, le=1, description="decode images at this scale (JPEG reduced decoding when possible)"
     )
+    max_image_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        description="refuse a compressed image whose header claims more pixels (checked before decoding)",
+    )
 
 
 class DataConfig(_Section):

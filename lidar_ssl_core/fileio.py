@@ -1,14 +1,142 @@
-"""Small file helpers shared by the writers of reports, caches and checkpoints."""
+"""Atomic file writes, and cleanup of the temporaries a killed writer leaves.
+
+Every writer of a result (checkpoint, report, metrics, cache entry) goes through :func:`atomic_write`:
+the bytes go to a hidden sibling ``.<name>.lidar-ssl-<pid>-<n>.tmp``, are fsynced, and the sibling is
+renamed over ``<name>`` (``os.replace``), so a reader never sees half a file. A ``kill -9`` in the middle
+leaves the temporary behind; the next write into the same folder removes such leftovers
+(:func:`remove_stale_temporaries`) when it can prove nobody is still writing them: the process named in
+the file is gone *and* the file's advisory lock (held by a live writer for the whole write, released by
+the kernel when its process dies) can be taken. Only our own name patterns are touched.
+
+The temporary is created with ``os.open(..., 0o666)``, so the kernel applies the umask: the published
+file has the mode of any new file, and the process umask is never changed (``os.umask`` is set-and-get:
+changing it even for a moment gives files that other threads create in that window the wrong mode).
+"""
 
 from __future__ import annotations
 
+import fcntl
+import itertools
+import logging
 import os
+import re
+import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.lidar-ssl-(?P<pid>\d+)-\d+\.tmp$")
+_counter = itertools.count()
 
 
-def chmod_like_new_file(path: Path | str) -> None:
-    """Give a ``tempfile.mkstemp`` file (mode 0600) the mode a plain ``open(path, "w")`` would have
-    (0666 minus the umask), so files published by renaming it are readable like every other output."""
-    umask = os.umask(0)
-    os.umask(umask)
-    Path(path).chmod(0o666 & ~umask)
+def _legacy_temp(name: str) -> re.Pattern[str]:
+    """Temporaries of ``name`` written before :func:`atomic_write` existed (``.<name>.tmp<pid>``)."""
+    return re.compile(rf"^\.{re.escape(name)}\.tmp(?P<pid>\d+)$")
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh temporary sibling of ``path`` in this module's pattern (unique per process and call)."""
+    return path.with_name(f".{path.name}.lidar-ssl-{os.getpid()}-{next(_counter)}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of ours may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OverflowError:  # not a pid at all
+        return False
+    return True
+
+
+def _remove_if_abandoned(candidate: Path, pid: int) -> bool:
+    """Unlink ``candidate`` when its writer is dead and nobody holds its lock; True when removed."""
+    if _pid_alive(pid):
+        return False
+    try:
+        if not stat.S_ISREG(candidate.lstat().st_mode):
+            return False
+        fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a writer (on another host or pid namespace) is still at it
+            return False
+        candidate.unlink(missing_ok=True)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: Path | str) -> list[Path]:
+    """Remove abandoned temporaries in ``path``'s folder (see module docstring); returns what went.
+
+    Our pattern anywhere in the folder, plus the older ``.<name>.tmp<pid>`` pattern of ``path`` itself.
+    Never raises: a folder we cannot list or a file we cannot remove is left as it is.
+    """
+    path = Path(path)
+    legacy = _legacy_temp(path.name)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name) or legacy.match(entry.name)
+        if match is None:
+            continue
+        candidate = Path(entry.path)
+        if _remove_if_abandoned(candidate, int(match.group("pid"))):
+            removed.append(candidate)
+    if removed:
+        log.info(
+            "removed %d abandoned temporary file(s) of interrupted writes in %s", len(removed), path.parent
+        )
+    return removed
+
+
+def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` through ``write(file)`` atomically: locked temporary sibling, fsync, ``os.replace``.
+
+    The temporary is created with mode 0666 minus the umask (what ``open(path, "w")`` gives), so the
+    published file has the usual mode without touching the process umask. Abandoned temporaries of
+    earlier, killed writers in the same folder are removed first. Any exception removes the temporary
+    and propagates unchanged.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = temp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # tells cleaners elsewhere that this temporary is in use
+        with os.fdopen(fd, "wb", closefd=False) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)  # releases the lock
+    return path
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    """:func:`atomic_write` of a bytes object."""
+
+    def write(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    return atomic_write(path, write)

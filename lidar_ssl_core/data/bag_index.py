@@ -30,7 +30,7 @@ from lidar_ssl_core.geometry.calibration import RigCalibration
 from lidar_ssl_core.geometry.projection import distort
 from lidar_ssl_core.geometry.tf_buffer import TransformBuffer
 from lidar_ssl_core.msg.camera_info import camera_info_to_intrinsics
-from lidar_ssl_core.msg.image import compressed_image_size, image_to_array
+from lidar_ssl_core.msg.image import DEFAULT_MAX_IMAGE_PIXELS, compressed_image_size, image_to_array
 from lidar_ssl_core.msg.pointcloud2 import read_cloud
 from lidar_ssl_core.msg.stamps import header_stamp_ns
 from lidar_ssl_core.msg.tf import tf_message_to_transforms
@@ -167,6 +167,7 @@ class _Scan:
     lidar_frame: str | None = None
     groups: list[Any] = field(default_factory=list)
     report: IndexReport = field(default_factory=IndexReport)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def index_bag(path: Path, config: DataConfig) -> BagIndex:
@@ -184,7 +185,7 @@ def index_bag(path: Path, config: DataConfig) -> BagIndex:
         camera_of_image = {t: c for c, t in image_topics.items()}
         info_topics = {profile.info_topic(c): c for c in image_topics if profile.info_topic(c) in topics}
         tf_topics = [t for t in (profile.tf_static_topic, profile.tf_topic) if t in topics]
-        scan = _Scan(buffer=TransformBuffer())
+        scan = _Scan(buffer=TransformBuffer(), max_image_pixels=config.loader.max_image_pixels)
         scan.report.cameras = tuple(image_topics)
         # Offline the queues may be as long as the bag needs: only small refs are held, and bounded queues
         # would make the pairing depend on how late the recorder logged each message. require_all is
@@ -269,7 +270,8 @@ def _consume(
         camera = camera_of_image[topic]
         stamp = header_stamp_ns(msg)
         if hasattr(msg, "format"):
-            compressed_image_size(msg)  # reads the JPEG/PNG header: rejects undecodable data early
+            # reads the JPEG/PNG header: rejects undecodable data and absurd claimed sizes early
+            compressed_image_size(msg, max_pixels=scan.max_image_pixels)
         else:
             image_to_array(msg)  # zero-copy view: checks encoding, step and data length
         scan.groups.extend(sync.add_camera(camera, stamp, MessageRef(topic, log_time_ns, stamp)))

@@ -58,6 +58,7 @@ class PairedBagDataset(Dataset[TrainingSample]):
             FrameLoader(
                 ix,
                 image_scale=config.loader.image_scale,
+                max_image_pixels=config.loader.max_image_pixels,
                 label_field=config.profile.label_field,
                 require_all_cameras=config.sync.require_all_cameras,
                 readers=self.readers,

@@ -23,7 +23,7 @@ from lidar_ssl_core.bag.reader import BagReader
 from lidar_ssl_core.data.bag_index import BagIndex, FrameRef
 from lidar_ssl_core.errors import BagReadError, DatasetError, MessageError
 from lidar_ssl_core.geometry.projection import project_cloud
-from lidar_ssl_core.msg.image import compressed_to_rgb, image_to_rgb
+from lidar_ssl_core.msg.image import DEFAULT_MAX_IMAGE_PIXELS, compressed_to_rgb, image_to_rgb
 from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud
 from lidar_ssl_core.types import CameraImage, CameraIntrinsics, PointCloud, PointPixelPairs
 
@@ -102,12 +102,14 @@ class FrameLoader:
         index: BagIndex,
         *,
         image_scale: float = 1.0,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         label_field: str = "label",
         require_all_cameras: bool = False,
         readers: ReaderPool | None = None,
     ) -> None:
         self.index = index
         self.image_scale = image_scale
+        self.max_image_pixels = max_image_pixels
         self.label_field = label_field
         self.require_all_cameras = require_all_cameras
         self.readers = readers if readers is not None else ReaderPool(capacity=1)
@@ -155,7 +157,7 @@ class FrameLoader:
             try:
                 if msg is None:
                     raise MessageError("image is unreadable in the bag")
-                image = self._decode_image(msg)
+                image = self._decode_image(msg, camera=view.camera)
                 intr = self._intrinsics_for(view.camera, image)
             except MessageError as err:
                 log.warning(
@@ -183,9 +185,15 @@ class FrameLoader:
             intr = intr.scaled(w / intr.width, h / intr.height)
         return intr
 
-    def _decode_image(self, msg: Any) -> npt.NDArray[np.uint8]:
-        if hasattr(msg, "format"):
-            return compressed_to_rgb(msg, scale=self.image_scale)
+    def _decode_image(self, msg: Any, *, camera: str) -> npt.NDArray[np.uint8]:
+        if hasattr(msg, "format"):  # header checked against CameraInfo before anything is allocated
+            intr = self.index.rig.camera(camera).intrinsics
+            return compressed_to_rgb(
+                msg,
+                scale=self.image_scale,
+                expected_size=(intr.width, intr.height),
+                max_pixels=self.max_image_pixels,
+            )
         rgb = image_to_rgb(msg)
         if self.image_scale != 1.0:
             size = (

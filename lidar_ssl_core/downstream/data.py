@@ -27,7 +27,13 @@ from lidar_ssl_core.bag.reader import BagReader
 from lidar_ssl_core.config import DataConfig, VoxelConfig
 from lidar_ssl_core.data.frames import ReaderPool
 from lidar_ssl_core.downstream.classes import ClassMap
-from lidar_ssl_core.errors import ConfigError, DatasetError, LidarSslError, MessageError
+from lidar_ssl_core.errors import (
+    ConfigError,
+    DatasetError,
+    LidarSslError,
+    MalformedMessageError,
+    MessageError,
+)
 from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud, pointcloud2_header_and_fields
 from lidar_ssl_core.types import PointCloud
 from lidar_ssl_core.voxels import Voxelization, voxelize
@@ -163,6 +169,12 @@ class LabelledSweepDataset(Dataset["LabelledSweep | SkippedSweep"]):
                 return cloud_to_pointcloud(message.msg, label_field=self.config.profile.label_field)
             except MessageError as err:
                 raise err.with_context(topic=ref.topic, stamp_ns=ref.stamp_ns) from err
+            except Exception as err:  # a decoder defect must cost this sweep only, not the job
+                raise MalformedMessageError(
+                    f"sweep could not be decoded ({type(err).__name__}: {err})",
+                    topic=ref.topic,
+                    stamp_ns=ref.stamp_ns,
+                ) from err
         raise DatasetError(f"{ref.bag}: sweep on {ref.topic} at log time {ref.log_time_ns} is unreadable")
 
     def __getitem__(self, position: int) -> LabelledSweep | SkippedSweep:

@@ -11,8 +11,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,25 +21,7 @@ import numpy.typing as npt
 
 from lidar_ssl_core.downstream.classes import ClassMap, default_colors
 from lidar_ssl_core.downstream.metrics import ConfusionMatrix
-from lidar_ssl_core.fileio import chmod_like_new_file
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        chmod_like_new_file(tmp)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from lidar_ssl_core.fileio import atomic_write_bytes
 
 
 def _names(cm: ConfusionMatrix, class_names: Sequence[str]) -> list[str]:

@@ -271,6 +271,9 @@ def write_segmented_bag(
                 except MessageError as err:
                     _skip(report, f"{type(err).__name__}: {err.reason[:100]}", lidar_topic, log_time, err)
                     continue
+                except Exception as err:  # a decoder defect costs this sweep, never the whole bag
+                    _skip(report, f"cannot decode ({type(err).__name__})", lidar_topic, log_time, err)
+                    continue
                 out, n_labelled, n_bad = _segmentation_message(ts, msg, full, predict, class_map)
                 writer.write(topic_out, log_time, out)
                 report.sweeps_written += 1

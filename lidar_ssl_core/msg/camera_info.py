@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lidar_ssl_core.errors import CalibrationError, MalformedMessageError
+from lidar_ssl_core.msg.ranges import uint32_field
 from lidar_ssl_core.msg.stamps import header_stamp_ns, make_header
 from lidar_ssl_core.types import CameraIntrinsics
 
@@ -32,7 +33,7 @@ def _field(msg: Any, name: str) -> Any:
 def _numbers(msg: Any, name: str, size: int | None) -> npt.NDArray[np.float64]:
     try:
         arr = np.asarray(_field(msg, name), dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise MalformedMessageError(f"CameraInfo.{name} is not a list of numbers: {err}") from err
     if size is not None and arr.size != size:
         raise MalformedMessageError(f"CameraInfo.{name} has {arr.size} values, expected {size}")
@@ -47,7 +48,8 @@ def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
     K = _numbers(msg, "k", 9).reshape(3, 3)
     D = _numbers(msg, "d", None)
     P = _numbers(msg, "p", 12).reshape(3, 4)
-    width, height = int(msg.width), int(msg.height)
+    width = uint32_field(msg.width, "CameraInfo.width")
+    height = uint32_field(msg.height, "CameraInfo.height")
     if width <= 0 or height <= 0:
         raise CalibrationError(f"{where}: image size {width}x{height} must be > 0 (camera not calibrated?)")
     for name, arr in (("K", K), ("D", D), ("P", P)):

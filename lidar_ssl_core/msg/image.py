@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from lidar_ssl_core.errors import MalformedMessageError, UnsupportedEncodingError
 from lidar_ssl_core.msg.pointcloud2 import byte_buffer
+from lidar_ssl_core.msg.ranges import uint32_field
 from lidar_ssl_core.msg.stamps import make_header
 
 UInt8Image = npt.NDArray[np.uint8]
@@ -54,8 +55,18 @@ _BAYER_TO_CV = {  # ROS pattern -> OpenCV code (OpenCV names the pattern from th
     "gbrg": cv2.COLOR_BayerGR2RGB,
     "grbg": cv2.COLOR_BayerGB2RGB,
 }
+_YUV_TO_CV = {
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUYV,
+    "yuyv": cv2.COLOR_YUV2RGB_YUYV,
+}
 _GENERIC = re.compile(r"^(8|16|32|64)([USF])C([1-4])$")
 _BAYER = re.compile(r"^bayer_(rggb|bggr|gbrg|grbg)(8|16)$")
+
+#: Default ceiling on the pixels a compressed image may claim in its header (checked before decoding:
+#: a 389 KB PNG can claim 20000x20000 and cost gigabytes). ``data.loader.max_image_pixels`` in the config.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -87,7 +98,9 @@ def image_to_array(msg: Any) -> np.ndarray:
     """
     encoding = str(msg.encoding)
     dtype, channels = encoding_layout(encoding)
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    height = uint32_field(msg.height, "Image.height")
+    width = uint32_field(msg.width, "Image.width")
+    step = uint32_field(msg.step, "Image.step")
     big = bool(msg.is_bigendian) and dtype.itemsize > 1
     dtype = dtype.newbyteorder(">" if big else "<") if dtype.itemsize > 1 else dtype
     pixel = dtype.itemsize * channels
@@ -136,10 +149,12 @@ def image_to_rgb(msg: Any, *, scale16: float | Literal["auto"] = "auto") -> UInt
     if m := _BAYER.match(encoding):
         rgb = cv2.cvtColor(np.ascontiguousarray(arr), _BAYER_TO_CV[m.group(1)])
         return _to_uint8(rgb, 65535.0)
-    if encoding in ("yuv422", "uyvy"):
-        return np.asarray(cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_YUV2RGB_UYVY), np.uint8)
-    if encoding in ("yuv422_yuy2", "yuyv"):
-        return np.asarray(cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_YUV2RGB_YUYV), np.uint8)
+    if encoding in _YUV_TO_CV:
+        if arr.shape[1] % 2:  # 4:2:2 shares one U/V pair between two pixels of a row
+            raise MalformedMessageError(
+                f"'{encoding}' image has an odd width {arr.shape[1]}; 4:2:2 needs it even"
+            )
+        return np.asarray(cv2.cvtColor(np.ascontiguousarray(arr), _YUV_TO_CV[encoding]), np.uint8)
     if arr.ndim == 2:
         gray = _to_uint8(arr, scale16)
         return np.repeat(gray[:, :, None], 3, axis=2)
@@ -216,20 +231,47 @@ def _png_header(data: npt.NDArray[np.uint8]) -> tuple[int, int, int] | None:
     return width, height, int(data[25])
 
 
-def compressed_image_size(msg: Any) -> tuple[int, int]:
-    """(width, height) of a CompressedImage from its header bytes (no decoding; decodes as a fallback)."""
-    data = byte_buffer(msg.data)
+def _header_size(data: npt.NDArray[np.uint8]) -> tuple[int, int] | None:
+    """(width, height) the JPEG/PNG header claims, None when it cannot be read without decoding."""
     header = _jpeg_header(data) or _png_header(data)
     if header is not None and header[0] > 0 and header[1] > 0:
         return header[0], header[1]
-    img = _decode(data, cv2.IMREAD_UNCHANGED, str(msg.format))
-    return int(img.shape[1]), int(img.shape[0])
+    return None
+
+
+def _check_claimed_size(size: tuple[int, int], fmt: str, max_pixels: int) -> None:
+    if size[0] * size[1] > max_pixels:
+        raise MalformedMessageError(
+            f"CompressedImage ('{fmt}') header claims {size[0]}x{size[1]} = {size[0] * size[1]} pixels, "
+            f"more than the limit {max_pixels} (data.loader.max_image_pixels): refused before decoding"
+        )
+
+
+def compressed_image_size(msg: Any, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of a CompressedImage from its header bytes (no decoding; decodes as a fallback).
+
+    A header claiming more than ``max_pixels`` is a ``MalformedMessageError``: whoever sizes buffers from
+    this answer (or decodes next) must not trust a corrupt or hostile header.
+    """
+    data = byte_buffer(msg.data)
+    fmt = str(msg.format)
+    size = _header_size(data)
+    if size is None:
+        img = _decode(data, cv2.IMREAD_UNCHANGED, fmt)
+        size = int(img.shape[1]), int(img.shape[0])
+    _check_claimed_size(size, fmt, max_pixels)
+    return size
 
 
 def _decode(data: npt.NDArray[np.uint8], flags: int, fmt: str) -> np.ndarray:
     if data.size == 0:
         raise MalformedMessageError(f"CompressedImage ('{fmt}') has no data")
-    img = cv2.imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        img = cv2.imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as err:  # e.g. a size beyond OpenCV's own pixel limit
+        raise MalformedMessageError(
+            f"CompressedImage ('{fmt}', {data.size} bytes) could not be decoded: {_cv_reason(err)}"
+        ) from None
     if img is None or img.size == 0:
         raise MalformedMessageError(
             f"CompressedImage ('{fmt}', {data.size} bytes) could not be decoded: corrupt or truncated"
@@ -237,30 +279,59 @@ def _decode(data: npt.NDArray[np.uint8], flags: int, fmt: str) -> np.ndarray:
     return img
 
 
-def compressed_to_rgb(msg: Any, scale: float = 1.0) -> UInt8Image:
+def _cv_reason(err: cv2.error) -> str:
+    """The assertion line of an OpenCV error, without its multi-line source location preamble."""
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+def compressed_to_rgb(
+    msg: Any,
+    scale: float = 1.0,
+    *,
+    expected_size: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> UInt8Image:
     """CompressedImage (jpeg/png) -> (round(H*scale), round(W*scale), 3) uint8 RGB.
 
-    For scale <= 1/2, 1/4, 1/8 libjpeg decodes at reduced size directly (IMREAD_REDUCED_COLOR_*), much
-    cheaper than decoding full size; the result is then resized to the exact requested size.
+    The header's size is checked before decoding: against ``expected_size`` (width, height, e.g. the
+    camera's CameraInfo) when given, and against ``max_pixels`` always; a mismatch is a
+    ``MalformedMessageError`` and nothing is allocated. For scale <= 1/2, 1/4, 1/8 libjpeg decodes at
+    reduced size directly (IMREAD_REDUCED_COLOR_*), much cheaper than decoding full size; PNG is decoded
+    full size. The result is then resized to the exact requested size.
     """
     if not (math.isfinite(scale) and scale > 0.0):
         raise ValueError(f"scale must be a positive number, got {scale}")
     data = byte_buffer(msg.data)
     fmt = str(msg.format)
-    compressed_kind(fmt, data)
-    if scale == 1.0:
-        bgr = _decode(data, cv2.IMREAD_COLOR, fmt)
-    else:
-        width, height = compressed_image_size(msg)
-        target = (max(1, round(width * scale)), max(1, round(height * scale)))
-        flag = cv2.IMREAD_COLOR
+    kind = compressed_kind(fmt, data)
+    claimed = _header_size(data)
+    if claimed is not None:
+        if expected_size is not None and tuple(claimed) != tuple(expected_size):
+            raise MalformedMessageError(
+                f"CompressedImage ('{fmt}') header says {claimed[0]}x{claimed[1]} but the camera's "
+                f"CameraInfo says {expected_size[0]}x{expected_size[1]}: refused before decoding"
+            )
+        _check_claimed_size(claimed, fmt, max_pixels)
+    flag = cv2.IMREAD_COLOR
+    if (
+        kind == "jpeg" and claimed is not None
+    ):  # only libjpeg decodes at reduced size; OpenCV's PNG path fails on tiny images
         if scale <= 1 / 8:
             flag = cv2.IMREAD_REDUCED_COLOR_8
         elif scale <= 1 / 4:
             flag = cv2.IMREAD_REDUCED_COLOR_4
         elif scale <= 1 / 2:
             flag = cv2.IMREAD_REDUCED_COLOR_2
-        bgr = _decode(data, flag, fmt)
+    bgr = _decode(data, flag, fmt)
+    if bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise MalformedMessageError(f"CompressedImage ('{fmt}') decoded to shape {bgr.shape}, not BGR")
+    if claimed is None:  # size known only now (header unreadable without decoding, so full size)
+        claimed = int(bgr.shape[1]), int(bgr.shape[0])
+        _check_claimed_size(claimed, fmt, max_pixels)
+    if scale != 1.0:
+        width, height = claimed
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
         if (bgr.shape[1], bgr.shape[0]) != target:
             shrink = target[0] < bgr.shape[1]
             bgr = cv2.resize(bgr, target, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)

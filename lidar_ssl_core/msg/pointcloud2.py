@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lidar_ssl_core.errors import MalformedMessageError, UnsupportedEncodingError
+from lidar_ssl_core.msg.ranges import uint8_field, uint32_field
 from lidar_ssl_core.msg.stamps import NS_PER_S, header_stamp_ns, make_header
 from lidar_ssl_core.types import PointCloud
 
@@ -55,6 +56,9 @@ DATATYPES: dict[int, tuple[str, str]] = {
 _CODE_TO_DATATYPE = {code: dt for dt, (_, code) in DATATYPES.items()}
 
 INTENSITY_NAMES = ("intensity", "i", "reflectance")
+
+#: numpy's itemsize is a C int: a point_step (uint32 in ROS) above this cannot be viewed.
+MAX_POINT_STEP = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,17 @@ def byte_buffer(data: Any) -> npt.NDArray[np.uint8]:
 def field_specs(fields: Iterable[Any]) -> tuple[FieldSpec, ...]:
     """PointField messages (any implementation) -> hashable FieldSpecs."""
     try:
-        return tuple(FieldSpec(str(f.name), int(f.offset), int(f.datatype), int(f.count)) for f in fields)
-    except (AttributeError, TypeError, ValueError) as err:
+        items = list(fields)
+        return tuple(
+            FieldSpec(
+                str(f.name),
+                uint32_field(f.offset, f"PointField '{f.name}' offset"),
+                uint8_field(f.datatype, f"PointField '{f.name}' datatype"),
+                uint32_field(f.count, f"PointField '{f.name}' count"),
+            )
+            for f in items
+        )
+    except (AttributeError, TypeError) as err:
         raise MalformedMessageError(f"PointCloud2.fields is not a list of PointField: {err}") from err
 
 
@@ -143,14 +156,17 @@ def fields_dtype(fields: tuple[FieldSpec, ...], point_step: int, big_endian: boo
             raise MalformedMessageError(
                 f"PointFields '{name_a}' and '{name_b}' overlap (byte {start_b} < end of '{name_a}' {end_a})"
             )
+    if point_step > MAX_POINT_STEP:
+        raise MalformedMessageError(
+            f"PointCloud2.point_step {point_step} is beyond {MAX_POINT_STEP} bytes, the largest point numpy "
+            "can describe (no real sensor comes close: the fields are corrupt)"
+        )
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
 
 
 def cloud_dtype(msg: Any) -> np.dtype:
     """Structured dtype of one point of ``msg`` (validated)."""
-    point_step = int(msg.point_step)
-    if point_step < 0:
-        raise MalformedMessageError(f"PointCloud2.point_step is negative ({point_step})")
+    point_step = uint32_field(msg.point_step, "PointCloud2.point_step")
     return fields_dtype(field_specs(msg.fields), point_step, bool(msg.is_bigendian))
 
 
@@ -161,15 +177,20 @@ def read_cloud(msg: Any, *, reshape_organized: bool = True, native: bool = False
     returns a copy in native byte order for big-endian clouds (the view itself keeps '>' dtypes, which
     numpy reads correctly). Row padding plus ``reshape_organized=False`` also costs a copy.
     """
-    height, width = int(msg.height), int(msg.width)
-    if height < 0 or width < 0:
-        raise MalformedMessageError(f"PointCloud2 has negative size height={height} width={width}")
+    height = uint32_field(msg.height, "PointCloud2.height")
+    width = uint32_field(msg.width, "PointCloud2.width")
     n = height * width
     buf = byte_buffer(msg.data)
-    if n == 0 and not len(msg.fields):
+    if n == 0 and not field_specs(msg.fields):
         return np.empty(0, dtype=np.dtype({"names": [], "formats": [], "itemsize": 0}))
+    row_step = uint32_field(msg.row_step, "PointCloud2.row_step")
+    if n and buf.size != row_step * height:  # before building the dtype: a bad size is the likely cause
+        raise MalformedMessageError(
+            f"PointCloud2.data has {buf.size} bytes, expected row_step {row_step} x height {height} "
+            f"= {row_step * height}"
+        )
     dtype = cloud_dtype(msg)
-    point_step, row_step = dtype.itemsize, int(msg.row_step)
+    point_step = dtype.itemsize
     if n == 0:
         return np.empty((height, width) if reshape_organized and height > 1 else 0, dtype=dtype)
     if point_step == 0:
@@ -177,11 +198,6 @@ def read_cloud(msg: Any, *, reshape_organized: bool = True, native: bool = False
     if row_step < width * point_step:
         raise MalformedMessageError(
             f"PointCloud2.row_step {row_step} is smaller than width {width} x point_step {point_step}"
-        )
-    if buf.size != row_step * height:
-        raise MalformedMessageError(
-            f"PointCloud2.data has {buf.size} bytes, expected row_step {row_step} x height {height} "
-            f"= {row_step * height}"
         )
     if row_step == width * point_step:
         flat = np.frombuffer(buf, dtype=dtype, count=n)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from lidar_ssl_core.errors import MalformedMessageError
+from lidar_ssl_core.msg.ranges import INT32_MAX, INT32_MIN, UINT32_MAX, int_field, uint32_field
 
 NS_PER_S = 1_000_000_000
 
@@ -18,12 +19,15 @@ def stamp_to_ns(stamp: Any) -> int:
     """builtin_interfaces/Time (or ROS 1 time) -> int nanoseconds."""
     sec = getattr(stamp, "sec", None)
     nsec = getattr(stamp, "nanosec", None)
+    sec_lo, sec_hi = INT32_MIN, INT32_MAX  # builtin_interfaces/Time.sec is int32
     if sec is None:
         sec = getattr(stamp, "secs", None)
         nsec = getattr(stamp, "nsecs", None)
+        sec_lo, sec_hi = 0, UINT32_MAX  # ROS 1 time.secs is uint32
     if sec is None or nsec is None:
         raise MalformedMessageError(f"stamp {stamp!r} has no sec/nanosec fields")
-    sec_i, nsec_i = int(sec), int(nsec)
+    sec_i = int_field(sec, "stamp sec", sec_lo, sec_hi)
+    nsec_i = uint32_field(nsec, "stamp nanosec")
     if not 0 <= nsec_i < NS_PER_S:
         raise MalformedMessageError(f"stamp nanosec={nsec_i} is outside [0, 1e9)")
     return sec_i * NS_PER_S + nsec_i
@@ -34,7 +38,7 @@ def header_stamp_ns(msg: Any) -> int:
     header = getattr(msg, "header", None)
     if header is None:
         raise MalformedMessageError(f"{type(msg).__name__} has no header")
-    return stamp_to_ns(header.stamp)
+    return stamp_to_ns(getattr(header, "stamp", None))
 
 
 def ns_to_sec_nanosec(stamp_ns: int) -> tuple[int, int]:

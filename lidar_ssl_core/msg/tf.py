@@ -31,8 +31,14 @@ def transform_stamped_to_transform(ts: Any) -> StampedTransform:
             f"transform '{parent}' -> '{child}' has an empty frame id", stamp_ns=stamp_ns
         )
     t, r = ts.transform.translation, ts.transform.rotation
-    translation = np.array([t.x, t.y, t.z], dtype=np.float64)
-    quat = np.array([r.x, r.y, r.z, r.w], dtype=np.float64)
+    try:
+        translation = np.array([t.x, t.y, t.z], dtype=np.float64)
+        quat = np.array([r.x, r.y, r.z, r.w], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as err:  # None, strings, ints beyond float64
+        raise MalformedMessageError(
+            f"transform '{parent}' -> '{child}' has a non-numeric translation or rotation: {err}",
+            stamp_ns=stamp_ns,
+        ) from None
     norm = float(np.linalg.norm(quat))
     if not np.all(np.isfinite(quat)) or abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
         raise MalformedMessageError(
@@ -51,7 +57,10 @@ def transform_stamped_to_transform(ts: Any) -> StampedTransform:
 
 def tf_message_to_transforms(msg: Any) -> list[StampedTransform]:
     """tf2_msgs/TFMessage (/tf or /tf_static) -> list of StampedTransform, in message order."""
-    return [transform_stamped_to_transform(ts) for ts in msg.transforms]
+    transforms = getattr(msg, "transforms", None)
+    if transforms is None or isinstance(transforms, str | bytes):
+        raise MalformedMessageError(f"TFMessage.transforms is {transforms!r}, expected a list")
+    return [transform_stamped_to_transform(ts) for ts in transforms]
 
 
 def make_transform_stamped(typestore: Any, transform: StampedTransform) -> Any:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -18,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lidar_ssl_core.errors import SuperpixelError
-from lidar_ssl_core.fileio import chmod_like_new_file
+from lidar_ssl_core.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +47,7 @@ class SuperpixelCache:
         if labels.size and int(labels.max()) > np.iinfo(np.uint16).max:
             raise SuperpixelError(f"{int(labels.max()) + 1} superpixels do not fit a 16-bit cache entry")
         path = self.path(camera, stamp_ns)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".png")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            if not cv2.imwrite(str(tmp), labels.astype(np.uint16)):
-                raise SuperpixelError(f"could not write superpixel cache entry {tmp}")
-            chmod_like_new_file(tmp)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        ok, png = cv2.imencode(".png", labels.astype(np.uint16))
+        if not ok:
+            raise SuperpixelError(f"could not encode superpixel cache entry {path}")
+        atomic_write_bytes(path, png.tobytes())

@@ -8,7 +8,6 @@ it is rebuilt from its weights file (or the seed, for a random teacher); only it
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from lidar_ssl_core.errors import LidarSslError
+from lidar_ssl_core.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +83,13 @@ def save_checkpoint(state: Mapping[str, Any], path: Path) -> Path:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, ``os.replace``.
 
     A reader (or a crash) never sees a half-written file under ``path``; the previous checkpoint survives a
-    failed write.
+    failed write, and the temporary a killed writer leaves is removed by the next write into the folder
+    (``fileio.atomic_write``).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as fh:
-            torch.save(dict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+        atomic_write(path, lambda fh: torch.save(dict(state), fh))
     except Exception as err:
-        tmp.unlink(missing_ok=True)
         raise TrainingCheckpointError(f"cannot write checkpoint {path}: {err}") from err
     log.info("checkpoint written: %s", path)
     return path

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+from lidar_ssl_core.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,7 @@ class ScalarLog:
             self._file = None
         steps = [(line, _row_step(line)) for line in self.path.read_text().splitlines()]
         kept = [line for line, s in steps if s is not None and s <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        try:
-            with tmp.open("w") as fh:
-                fh.write("".join(f"{line}\n" for line in kept))
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(self.path)  # os.replace: atomic within the folder
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(self.path, "".join(f"{line}\n" for line in kept).encode())
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if self.path is None:
