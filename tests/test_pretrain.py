@@ -64,7 +64,7 @@ def _build(bag: Path, run_dir: Path, batch_size: int = 1, **overrides: Any) -> P
 
 def _weights(trainer: Pretrainer) -> dict[str, torch.Tensor]:
     out = {f"backbone.{k}": v.clone() for k, v in trainer.backbone.state_dict().items()}
-    out.update({f"head.{k}": v.clone() for k, v in trainer.teacher.head.state_dict().items()})
+    out.update({f"head.{k}": v.clone() for k, v in trainer.method.teacher.head.state_dict().items()})
     return out
 
 
@@ -112,14 +112,14 @@ def test_every_method_trains_the_student_and_head_only(bag: Path, tmp_path: Path
     batch = next(iter(trainer.loader))
     assert ("superpixels" in batch) == (method in ("slidr", "st-slidr"))  # computed only when needed
     before = _weights(trainer)
-    frozen = {k: v.clone() for k, v in trainer.teacher.backbone.state_dict().items()}
+    frozen = {k: v.clone() for k, v in trainer.method.teacher.backbone.state_dict().items()}
     loss = trainer.train_step(batch)
     assert loss == pytest.approx(loss) and 0.0 < loss < 50.0
     after = _weights(trainer)
     assert not torch.equal(before["head.weight"], after["head.weight"])
     changed = [k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])]
     assert len(changed) > 10
-    for k, v in trainer.teacher.backbone.state_dict().items():
+    for k, v in trainer.method.teacher.backbone.state_dict().items():
         assert torch.equal(v, frozen[k]), k
 
 

@@ -29,13 +29,14 @@ from lidar_ssl_core.train import (
     Pretrainer,
     TrainingCheckpointError,
     TrainingError,
-    compute_loss,
     load_checkpoint,
     save_checkpoint,
 )
 from lidar_ssl_core.train import pretrain as pretrain_module
 from lidar_ssl_core.train.distributed import DistContext
-from lidar_ssl_core.train.pretrain import _rank_seeds, ppkt_local_rows_loss
+from lidar_ssl_core.train.methods import MethodOutput, MethodSetup, PretrainMethod, StepContext
+from lidar_ssl_core.train.methods.ppkt import ppkt_batch_loss, ppkt_local_rows_loss
+from lidar_ssl_core.train.pretrain import _rank_seeds
 from lidar_ssl_core.train.scalars import ScalarLog, read_metrics
 
 ROWS = (3, 5)  # rows per process: unequal on purpose (padding inside the gather)
@@ -170,22 +171,29 @@ def test_ppkt_with_gather_routes_through_the_local_rows_loss_and_matches_ppkt_in
     }
     teacher = TeacherOutput(pixels, pixels)
     options = LossOptions(num_matches=20)
-    plain = compute_loss("ppkt", batch, feats, teacher, options, torch.Generator().manual_seed(5))
+    plain = ppkt_batch_loss(batch, feats, teacher, options, torch.Generator().manual_seed(5))
     calls: list[int] = []
 
     def gather(x: torch.Tensor) -> torch.Tensor:
         calls.append(x.shape[0])
         return x
 
-    local = compute_loss("ppkt", batch, feats, teacher, options, torch.Generator().manual_seed(5), gather)
+    local = ppkt_batch_loss(batch, feats, teacher, options, torch.Generator().manual_seed(5), gather)
     assert calls == [20, 1]  # the keys and the row counts are gathered, not the anchors
     torch.testing.assert_close(local, plain)  # one process: its share is the whole loss
 
 
-class _Teacher(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
+class _Method(PretrainMethod):
+    """A stand-in method with one trainable head (these tests check the processes' agreement)."""
+
+    name = "test-stand-in"
+
+    def __init__(self, config: PretrainConfig) -> None:
+        super().__init__(config, MethodSetup(student_dim=2))
         self.head = torch.nn.Linear(2, 2)
+
+    def forward(self, batch: Any, point_feats: torch.Tensor, step: StepContext) -> MethodOutput:  # type: ignore[override]
+        return MethodOutput(self.head(point_feats).sum(), {})
 
 
 SEED = 3
@@ -194,12 +202,13 @@ SEED = 3
 def _tiny_trainer(run_dir: Path, rank: int, world: int) -> Pretrainer:
     """A Pretrainer with stand-in modules: what these tests check is the processes' agreement, not a model."""
     torch.manual_seed(0)
-    backbone, teacher = torch.nn.Linear(3, 2), _Teacher()
-    params = [*backbone.parameters(), *teacher.parameters()]
+    config = PretrainConfig(run_dir=run_dir, seed=SEED, checkpoint_every=0)
+    backbone, method = torch.nn.Linear(3, 2), _Method(config)
+    params = [*backbone.parameters(), *method.parameters()]
     return Pretrainer(
-        PretrainConfig(run_dir=run_dir, seed=SEED, checkpoint_every=0),
+        config,
         backbone=backbone,  # type: ignore[arg-type]
-        teacher=teacher,  # type: ignore[arg-type]
+        method=method,
         loader=torch.utils.data.DataLoader(list(range(4)), batch_size=1),  # type: ignore[arg-type]
         optimizer=torch.optim.SGD(params, lr=0.1),
         scheduler=None,
@@ -373,7 +382,7 @@ def test_two_processes_under_torchrun_train_and_write_one_checkpoint(tmp_path: P
         "data:\n  loader:\n    batch_size: 1\n    num_workers: 0\n"
         "  augment:\n    crop_size: [96, 64]\n    min_pairs: 20\n  superpixels:\n    n_segments: 12\n"
         "pretrain:\n  method: slidr\n  epochs: 1\n  lr: 0.1\n  backbone:\n    preset: tiny\n"
-        "  teacher:\n    form: strided\n  loss:\n    gather_negatives: true\n"
+        "  teacher:\n    form: strided\n    allow_random: true\n  loss:\n    gather_negatives: true\n"
     )
     run = tmp_path / "run"
     env = {

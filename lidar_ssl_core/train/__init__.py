@@ -17,7 +17,6 @@ _TRAINER_NAMES = {
     "Pretrainer",
     "TrainingError",
     "build_pretraining",
-    "compute_loss",
     "StepStats",
     "make_pretrain_loader",
 }
@@ -32,7 +31,6 @@ __all__ = [
     "TrainingCheckpointError",
     "TrainingError",
     "build_pretraining",
-    "compute_loss",
     "load_checkpoint",
     "make_pretrain_loader",
     "save_checkpoint",

@@ -1,8 +1,9 @@
 """One checkpoint format for pretraining: ``ckpt_last.pt``, written atomically, read with weights_only.
 
 Everything stored is a tensor or a primitive container (dict/list/tuple/str/int/float/bool/None) so that
-``torch.load(weights_only=True)`` reads it without unpickling code. The frozen teacher backbone is not stored:
-it is rebuilt from its weights file (or the seed, for a random teacher); only its trainable head is.
+``torch.load(weights_only=True)`` reads it without unpickling code. The method's part (``method``) leaves out
+frozen networks rebuilt from their weights file (or the seed, for a random teacher), e.g. the teacher
+backbone; trainable heads and image branches are stored.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "lidar_ssl.pretrain/1"
 LAST = "ckpt_last.pt"
-REQUIRED = ("format", "backbone", "teacher_head", "optimizer", "epoch", "step_in_epoch", "global_step")
+REQUIRED = ("format", "backbone", "optimizer", "epoch", "step_in_epoch", "global_step")
 
 
 class TrainingCheckpointError(LidarSslError):

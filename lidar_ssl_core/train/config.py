@@ -6,15 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lidar_ssl_core.losses import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE, STForm, Tolerance
 from lidar_ssl_core.models.image_teacher import TeacherConfig
 from lidar_ssl_core.models.unet import BackboneConfig
-
-Method = Literal["ppkt", "slidr", "st-slidr", "st-ppkt"]
-
-SUPERPIXEL_METHODS: frozenset[str] = frozenset({"slidr", "st-slidr"})
 
 
 class _Section(BaseModel):
@@ -44,7 +40,10 @@ class LossOptions(_Section):
 class PretrainConfig(_Section):
     """One pretraining run."""
 
-    method: Method = Field("slidr", description="ppkt | slidr | st-slidr | st-ppkt")
+    method: str = Field(
+        "slidr",
+        description="a registered method (lidar_ssl_core/train/methods/): ppkt | slidr | st-slidr | st-ppkt",
+    )
     epochs: int = Field(50, ge=1, description="training epochs; the cosine schedule reaches 0 at the last")
     lr: float = Field(0.5, gt=0, description="initial SGD learning rate")
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
@@ -71,3 +70,13 @@ class PretrainConfig(_Section):
     backbone: BackboneConfig = BackboneConfig()
     teacher: TeacherConfig = TeacherConfig()
     loss: LossOptions = LossOptions()
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from lidar_ssl_core.train.methods.base import method_names  # lazy: the methods import this module
+
+        names = method_names()
+        if value not in names:
+            raise ValueError(f"unknown pretraining method {value!r}; choose one of {list(names)}")
+        return value

@@ -1,7 +1,8 @@
 """A plain pretraining loop with its pieces injected (style.md item 11).
 
-:func:`build_pretraining` builds the dataset, loader, 3D backbone, 2D teacher, optimiser and schedule from the
-configs; :class:`Pretrainer` only runs them. The data order of an epoch is a function of (seed, epoch), and a
+:func:`build_pretraining` builds the dataset, loader, 3D backbone, the method (its image networks, heads and
+loss: :mod:`lidar_ssl_core.train.methods`), optimiser and schedule from the configs; :class:`Pretrainer` only
+runs them and knows no method by name. The data order of an epoch is a function of (seed, epoch), and a
 checkpoint stores the position inside the epoch, so a resumed run replays exactly the batches it had left.
 
 Resume is bit-exact in a single process (every RNG state is restored). Under DDP the checkpoint holds rank
@@ -37,18 +38,7 @@ from lidar_ssl_core.config import DataConfig, VoxelConfig
 from lidar_ssl_core.data.dataset import PairedBagDataset, collate, worker_init
 from lidar_ssl_core.data.sample import SuperpixelSource
 from lidar_ssl_core.errors import ConfigError, LidarSslError
-from lidar_ssl_core.losses import (
-    Gather,
-    all_gather_rows,
-    gather_pixel_features,
-    ppkt_loss,
-    slidr_loss,
-    st_ppkt_loss,
-    st_slidr_loss,
-)
-from lidar_ssl_core.losses.gather import distributed_world
-from lidar_ssl_core.losses.infonce import check_features, check_index, sample_pairs
-from lidar_ssl_core.models.image_teacher import ImageTeacher, TeacherOutput
+from lidar_ssl_core.losses import Gather, all_gather_rows
 from lidar_ssl_core.models.unet import Res16UNet, build_backbone
 from lidar_ssl_core.superpixels import Superpixelizer
 from lidar_ssl_core.train.checkpoint import (
@@ -59,13 +49,20 @@ from lidar_ssl_core.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from lidar_ssl_core.train.config import SUPERPIXEL_METHODS, LossOptions, PretrainConfig
+from lidar_ssl_core.train.config import PretrainConfig
 from lidar_ssl_core.train.distributed import (
     DistContext,
     all_min_max,
     all_sum,
     all_true,
     broadcast_flag,
+)
+from lidar_ssl_core.train.methods import (
+    MethodSetup,
+    PretrainMethod,
+    StepContext,
+    build_method,
+    method_class,
 )
 from lidar_ssl_core.train.scalars import ScalarLog
 
@@ -114,7 +111,9 @@ class EpochBatchSampler(Sampler[list[int]]):
         if not 0 <= rank < world_size:
             raise TrainingError(f"rank {rank} is not in a world of {world_size} processes")
         if world_size > 1 and not drop_last:
-            raise TrainingError("distributed training needs drop_last (equal batches on every process)")
+            raise TrainingError(
+                "distributed training needs `pretrain.drop_last: true` (equal batches on every process)"
+            )
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
         self.rank, self.world_size = rank, world_size
@@ -175,121 +174,6 @@ def make_pretrain_loader(
     )
 
 
-def _require(batch: Mapping[str, Any], keys: Sequence[str], method: str) -> None:
-    missing = [k for k in keys if k not in batch]
-    if missing:
-        raise TrainingError(
-            f"method {method!r} needs batch keys {missing}; "
-            "give the dataset a superpixel source (PairedBagDataset(superpixels=...))"
-        )
-
-
-def compute_loss(
-    method: str,
-    batch: Mapping[str, Any],
-    point_feats: torch.Tensor,
-    teacher: TeacherOutput,
-    options: LossOptions,
-    generator: torch.Generator | None = None,
-    gather: Gather | None = None,
-) -> torch.Tensor:
-    """The method's loss of voxel features (V, F) and teacher outputs, from the batch's pairing keys.
-
-    ``gather`` (under DDP with ``loss.gather_negatives``) contrasts against every process's negatives. For
-    PPKT each process then returns only its share of the global loss (:func:`ppkt_local_rows_loss`): the
-    mean over the processes is the global loss, and so are the DDP-averaged gradients. The other methods
-    return the global loss itself on every process. ``loss.num_matches`` is per process either way.
-    """
-    pv, pi = batch["pairing_voxels"], batch["pairing_images"]
-    pixels = teacher.pixel_features
-    st = {
-        "temperature": options.temperature,
-        "tolerance": options.tolerance,
-        "k_fraction": options.k_fraction,
-        "alpha_min": options.alpha_min,
-        "form": options.form,
-        "vote_threshold": options.vote_threshold,
-        "adaptive_k": options.adaptive_k,
-    }
-    if method == "ppkt" and gather is not None:
-        pixel_feats = gather_pixel_features(pixels, pi)
-        check_features("point_feats", point_feats)
-        check_features("pixel_feats", pixel_feats, point_feats.shape[1])
-        check_index("pairing_voxels", pv, point_feats.shape[0], "rows of point_feats")
-        if pv.shape[0] != pixel_feats.shape[0]:
-            raise TrainingError(
-                f"pairing_voxels {tuple(pv.shape)} and pairing_images {tuple(pi.shape)} disagree on the pairs"
-            )
-        idx = sample_pairs(pixel_feats.shape[0], options.num_matches, generator, device=point_feats.device)
-        return ppkt_local_rows_loss(
-            point_feats[pv[idx]], pixel_feats[idx], temperature=options.temperature, gather=gather
-        )
-    if method == "ppkt":
-        return ppkt_loss(
-            point_feats,
-            gather_pixel_features(pixels, pi),
-            pv,
-            num_matches=options.num_matches,
-            temperature=options.temperature,
-            generator=generator,
-            gather=gather,
-        )
-    if method == "st-ppkt":
-        return st_ppkt_loss(
-            point_feats,
-            pixels,
-            teacher.backbone_features,
-            pv,
-            pi,
-            num_matches=options.num_matches,
-            generator=generator,
-            balance=options.ppkt_balance,
-            gather=gather,
-            **st,
-        )
-    _require(batch, ("superpixels", "pairing_superpixels"), method)
-    sp, psp = batch["superpixels"], batch["pairing_superpixels"]
-    if method == "slidr":
-        return slidr_loss(
-            point_feats, pixels, pv, pi, sp, psp, temperature=options.temperature, gather=gather
-        )
-    if method == "st-slidr":
-        return st_slidr_loss(
-            point_feats,
-            pixels,
-            teacher.backbone_features,
-            pv,
-            pi,
-            sp,
-            psp,
-            balance=options.balance,
-            gather=gather,
-            **st,
-        )
-    raise TrainingError(f"unknown method {method!r}; choose ppkt, slidr, st-slidr or st-ppkt")
-
-
-def ppkt_local_rows_loss(
-    q: torch.Tensor, k: torch.Tensor, *, temperature: float, gather: Gather
-) -> torch.Tensor:
-    """This process's share of the PPKT InfoNCE over the pairs of every process.
-
-    ``q`` (n, F) are the local anchors (points) and ``k`` (n, F) their pixels; the keys are the pixels of
-    every process (N, F), so the logits are (n, N), not the (N, N) of gathering both sides. The result is
-    ``W / N * sum_i L_i`` over the local anchors i (W processes): the mean over the processes is the global
-    loss ``(1/N) sum_i L_i``, and because the gather's backward sums every process's gradient into the local
-    keys, DDP's averaging leaves exactly the gradient of the global loss (the same as when every process
-    computes all N rows). ``gather`` is :func:`~lidar_ssl_core.losses.all_gather_rows`.
-    """
-    rank, world = distributed_world()
-    keys = gather(k)
-    counts = gather(torch.tensor([q.shape[0]], dtype=torch.long, device=q.device))
-    start = int(counts[:rank].sum())
-    target = torch.arange(start, start + q.shape[0], device=q.device)
-    total = nn.functional.cross_entropy(q @ keys.T / temperature, target, reduction="sum")
-    return total * (world / keys.shape[0])
-
-
 def _rank_seeds(seed: int, rank: int, step: int) -> list[int]:
     """Four 32-bit seeds derived from (seed, rank, step): distinct streams per process, reproducible."""
     sequence = np.random.SeedSequence([seed % (1 << 64), rank, step])
@@ -316,6 +200,7 @@ class StepStats:
     pairs: int
     superpixels: int
     replaced: int
+    terms: dict[str, float] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, float]:
         scalars = {
@@ -328,6 +213,7 @@ class StepStats:
         }
         if self.superpixels:
             scalars["batch/superpixels"] = float(self.superpixels)
+        scalars.update({f"loss/{name}": value for name, value in self.terms.items()})
         return scalars
 
 
@@ -352,7 +238,7 @@ class Pretrainer:
         config: PretrainConfig,
         *,
         backbone: Res16UNet,
-        teacher: ImageTeacher,
+        method: PretrainMethod,
         loader: DataLoader[Any],
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
@@ -370,13 +256,18 @@ class Pretrainer:
                 device or config.device or ("cuda" if torch.cuda.is_available() else "cpu")
             )
         self.backbone = backbone.to(self.device)
-        self.teacher = teacher.to(self.device)
+        self.method = method.to(self.device)
         self._backbone_fwd: nn.Module = self.backbone
-        self._teacher_fwd: nn.Module = self.teacher
+        self._method_fwd: nn.Module = self.method
         if self.dist.is_distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._backbone_fwd = DistributedDataParallel(self.backbone, device_ids=ids)
-            self._teacher_fwd = DistributedDataParallel(self.teacher, device_ids=ids)
+            if self.method.trainable_parameters():
+                self._method_fwd = DistributedDataParallel(
+                    self.method,
+                    device_ids=ids,
+                    find_unused_parameters=self.method.ddp_find_unused_parameters,
+                )
         self._gather: Gather | None = (
             all_gather_rows if self.dist.is_distributed and config.loss.gather_negatives else None
         )
@@ -391,6 +282,7 @@ class Pretrainer:
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
+        self.last_terms: dict[str, float] = {}
         self.scalars = ScalarLog(
             config.run_dir if self.dist.is_main else None, tensorboard=config.tensorboard
         )
@@ -404,24 +296,30 @@ class Pretrainer:
             return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
+    def step_context(self) -> StepContext:
+        """What the method may use in this step (generator, DDP gather, autocast, position)."""
+        return StepContext(
+            generator=self.loss_generator,
+            gather=self._gather,
+            autocast=self._autocast,
+            global_step=self.global_step,
+            epoch=self.epoch,
+        )
+
     def forward_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Loss of one (device) batch in train mode, without an optimiser step."""
+        """Loss of one (device) batch in train mode, without an optimiser step; the method's logged terms
+        are kept in ``last_terms``."""
         self.backbone.train()
-        self.teacher.train()
+        self.method.train()
+        step = self.step_context()
+        batch = self.method.prepare_batch(dict(batch), step)
+        self.method.check_batch(batch)
         with self._autocast():
             point_feats = self._backbone_fwd(batch["coords"], batch["features"])
-            out = self._teacher_fwd(batch["images"])
         # losses in float32: the softmax over in-batch negatives is where half precision hurts
-        out = TeacherOutput(out.pixel_features.float(), out.backbone_features.float())
-        return compute_loss(
-            self.config.method,
-            batch,
-            point_feats.float(),
-            out,
-            self.config.loss,
-            self.loss_generator,
-            self._gather,
-        )
+        out = self._method_fwd(batch, point_feats.float(), step)
+        self.last_terms = {k: float(v.detach()) for k, v in out.terms.items()}
+        return out.loss  # type: ignore[no-any-return]
 
     def train_step(self, batch: Mapping[str, Any]) -> float:
         """One optimiser step on ``batch`` (a collated batch); returns the loss."""
@@ -442,6 +340,7 @@ class Pretrainer:
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.method.after_step(self.step_context())
         return float(loss.detach())
 
     # --- data position ---------------------------------------------------------------------------------
@@ -517,7 +416,10 @@ class Pretrainer:
             float(_count_superpixels(batch)),
             float(len(batch.get("replaced") or ())),
         ]
-        loss_sum, pairs, superpixels, replaced = all_sum(local, self.device)
+        names = sorted(self.last_terms)  # the same terms on every process (one method, one code path)
+        sums = all_sum([*local, *(self.last_terms[n] for n in names)], self.device)
+        loss_sum, pairs, superpixels, replaced = sums[:4]
+        terms = {n: v / self.dist.world_size for n, v in zip(names, sums[4:], strict=True)}
         return StepStats(
             epoch=self.epoch,
             step_in_epoch=self.step_in_epoch,
@@ -529,6 +431,7 @@ class Pretrainer:
             pairs=round(pairs),
             superpixels=round(superpixels),
             replaced=round(replaced),
+            terms=terms,
         )
 
     def _log(self, stats: StepStats, batch: Mapping[str, Any]) -> None:
@@ -553,7 +456,8 @@ class Pretrainer:
         return {
             "format": FORMAT,
             "backbone": self.backbone.state_dict(),
-            "teacher_head": self.teacher.head.state_dict(),
+            "method_name": self.method.name,
+            "method": self.method.checkpoint_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
@@ -594,7 +498,7 @@ class Pretrainer:
         """Inverse of :meth:`state_dict`; optional parts that are missing are warned about, not fatal."""
         self.check_same_run(state)
         self.backbone.load_state_dict(state["backbone"])
-        self.teacher.head.load_state_dict(state["teacher_head"])
+        self.method.load_checkpoint_state(state.get("method", state))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             if state.get("scheduler") is not None:
@@ -739,7 +643,8 @@ def build_pretraining(
             "implementation); set pretrain.sync_batchnorm: false or train on GPUs"
         )
     torch.manual_seed(config.seed)
-    if superpixels is None and config.method in SUPERPIXEL_METHODS:
+    kind = method_class(config.method)
+    if superpixels is None and kind.needs_superpixels:
         superpixels = Superpixelizer(data_config.superpixels)
     dataset = PairedBagDataset(data_config, train=True, seed=config.seed, superpixels=superpixels, bags=bags)
     loader = make_pretrain_loader(
@@ -748,20 +653,14 @@ def build_pretraining(
     if len(loader) == 0:
         raise TrainingError(
             f"{len(dataset)} frames make no full batch of {data_config.loader.batch_size} per process "
-            f"x {dist.world_size} processes; lower data.loader.batch_size or set drop_last false"
+            f"x {dist.world_size} processes; lower `data.loader.batch_size` or set "
+            "`pretrain.drop_last: false` (-s pretrain.drop_last=false)"
         )
     backbone = build_backbone(config.backbone)
     if config.sync_batchnorm and dist.is_distributed:
         backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)  # type: ignore[no-untyped-call,assignment]
-    teacher = ImageTeacher(config.teacher, student_dim=config.backbone.out_dim)
-    params: list[nn.Parameter] = [*backbone.parameters(), *teacher.trainable_parameters()]
-    optimizer = torch.optim.SGD(
-        params,
-        lr=config.lr,
-        momentum=config.momentum,
-        dampening=config.dampening,
-        weight_decay=config.weight_decay,
-    )
+    method = build_method(config, MethodSetup(student_dim=config.backbone.out_dim, voxels=data_config.voxels))
+    optimizer = method.build_optimizer(method.parameter_groups(backbone))
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=0.0)
         if config.schedule == "cosine"
@@ -777,7 +676,7 @@ def build_pretraining(
     return Pretrainer(
         config,
         backbone=backbone,
-        teacher=teacher,
+        method=method,
         loader=loader,
         optimizer=optimizer,
         scheduler=scheduler,
