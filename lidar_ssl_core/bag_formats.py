@@ -12,3 +12,7 @@ from typing import Literal
 Distro = Literal["humble", "jazzy", "kilted"]
 #: rosbag2 storage plugin
 Storage = Literal["mcap", "sqlite3"]
+
+#: key in a bag's ``metadata.yaml`` ``custom_data`` naming the class map of its per-point ``label`` ids
+#: (``nuscenes`` or ``semantickitti``; written by the converters, see docs/bag-profile.md)
+CLASS_MAP_KEY = "lidar_ssl.class_map"

@@ -18,9 +18,11 @@ from rich.table import Table
 from lidar_ssl_core import __version__
 from lidar_ssl_core.bag_formats import Distro, Storage
 from lidar_ssl_core.cli_common import ConfigOption, CountProgress, SetOption, console, fail, parse_sets
-from lidar_ssl_core.errors import LidarSslError
+from lidar_ssl_core.errors import ConfigError, LidarSslError
 
 if TYPE_CHECKING:
+    import torch
+
     from lidar_ssl_core.config import Config
 
 app = typer.Typer(
@@ -257,7 +259,10 @@ def config_cmd(
 def pretrain(
     method: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="ppkt | slidr | st-slidr | st-ppkt (default: config pretrain.method)"),
+        typer.Option(
+            help="a registered method: ppkt | slidr | st-slidr | st-ppkt | nclr | olivine "
+            "(lidar_ssl_core/train/methods/; default: config pretrain.method)"
+        ),
     ] = None,
     bags: BagsOption = None,
     config: ConfigOption = None,
@@ -290,6 +295,7 @@ def pretrain(
             overrides["pretrain.run_dir"] = str(run_dir)
         cfg = _load(config, bags, overrides)
         dist = init_distributed(cfg.pretrain.device)
+        _check_pretraining_setup(cfg, dist.device)  # before any bag is read or model built
         folder = Path(cfg.pretrain.run_dir)
         trainer = build_pretraining(cfg.pretrain, cfg.data, dist=dist)  # validates the bags first
         if resume and trainer.resume() and dist.is_main:  # refuses a checkpoint of another setup
@@ -334,11 +340,39 @@ def pretrain(
         shutdown_distributed()
 
 
+CPU_HINT = (
+    "for a run that finishes in minutes on a CPU use `--config configs/cpu_demo.yaml` (what `make run` "
+    "does: -s pretrain.backbone.preset=small -s pretrain.teacher.arch=filterbank)"
+)
+
+
+def _check_pretraining_setup(cfg: Config, device: torch.device) -> None:
+    """Refuse a pretraining that cannot mean anything (a random-weight image teacher, unless
+    ``pretrain.teacher.allow_random``), and say which configuration fits a CPU-only machine."""
+    teacher, cpu = cfg.pretrain.teacher, device.type == "cpu"
+    if teacher.arch == "resnet50" and teacher.weights is None and not teacher.allow_random:
+        raise ConfigError(
+            "pretrain.teacher.weights is not set: a randomly initialised ResNet-50 teacher teaches "
+            "nothing. Give self-supervised weights (`pretrain.teacher.weights: PATH`, or "
+            "-s pretrain.teacher.weights=PATH: MoCo v2, SwAV, DINO, OBoW, DenseCL or torchvision layouts), "
+            "use the label-free `pretrain.teacher.arch: filterbank`, or set "
+            "`pretrain.teacher.allow_random: true` for a smoke test"
+            + (f". This machine has no CUDA GPU: {CPU_HINT}" if cpu else "")
+        )
+    if cpu and cfg.pretrain.backbone.preset == "res16unet34c" and teacher.arch != "filterbank":
+        console.print(
+            f"[yellow]warning[/]: the full Res16UNet34C with a {teacher.arch} teacher is a GPU job "
+            f"(hours per epoch on a CPU); {CPU_HINT}"
+        )
+
+
 def _register_subcommands() -> None:
     from lidar_ssl_core.convert.cli import convert_app
+    from lidar_ssl_core.deploy.cli import register as register_deploy
     from lidar_ssl_core.downstream.cli import register
 
     register(app)
+    register_deploy(app)
     app.add_typer(convert_app, name="convert")
 
 

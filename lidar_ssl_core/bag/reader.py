@@ -461,6 +461,22 @@ def _check_metadata(path: Path) -> tuple[list[Path], str]:
     return files, str(info["storage_identifier"])
 
 
+def read_custom_data(path: Path) -> dict[str, str]:
+    """The ``custom_data`` strings of a bag's ``metadata.yaml`` (e.g. the class map a converter records);
+    empty when the bag has none, has no metadata (a bare .mcap/.db3 file) or it cannot be parsed."""
+    path = Path(path)
+    meta = path / "metadata.yaml" if path.is_dir() else path.parent / "metadata.yaml"
+    try:
+        doc = yaml.safe_load(meta.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    info = doc.get("rosbag2_bagfile_information") if isinstance(doc, dict) else None
+    custom = info.get("custom_data") if isinstance(info, dict) else None
+    if not isinstance(custom, dict):
+        return {}
+    return {str(k): str(v) for k, v in custom.items()}
+
+
 def _recover(file: Path, reason: str, fallback: Typestore) -> _Source:
     log.warning("%s cannot be opened normally (%s); recovering what can be read", file, reason)
     if file.suffix == ".mcap":
@@ -721,4 +737,12 @@ def open_bag(
     return BagReader(paths, typestore=typestore, recover=recover).open()
 
 
-__all__ = ["BagMessage", "BagReader", "OnError", "RawBagMessage", "ReadStats", "open_bag"]
+__all__ = [
+    "BagMessage",
+    "BagReader",
+    "OnError",
+    "RawBagMessage",
+    "ReadStats",
+    "open_bag",
+    "read_custom_data",
+]

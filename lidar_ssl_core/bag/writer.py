@@ -113,7 +113,7 @@ class BagWriter:
             raise BagWriteError(f"unknown storage '{storage}' for {self.path}; use mcap or sqlite3")
         if self.path.exists() and not overwrite:
             raise BagWriteError(
-                f"{self.path} exists already; pass overwrite=True (CLI: --overwrite) to replace it"
+                f"{self.path} exists already; pass --overwrite to replace it"
             )
         if self.path.name in ("", ".", ".."):
             raise BagWriteError(f"bag path '{path}' has no name")
@@ -144,7 +144,7 @@ class BagWriter:
             raise BagWriteError(f"bag writer for {self.path} is already open")
         if self.path.exists() and not self.overwrite:
             raise BagWriteError(
-                f"{self.path} exists already; pass overwrite=True (CLI: --overwrite) to replace it"
+                f"{self.path} exists already; pass --overwrite to replace it"
             )
         try:
             if self._staging.exists():
@@ -279,6 +279,10 @@ class BagWriter:
         except OSError as err:
             raise BagWriteError(f"cannot write {topic} at t={stamp_ns} to {self.path}: {err}") from err
         self._counts[topic] += 1
+
+    def set_custom_data(self, key: str, value: str) -> None:
+        """A string in the bag's ``metadata.yaml`` ``custom_data`` (e.g. the class map of its labels)."""
+        self._require_open().set_custom_data(key, value)
 
     @property
     def message_counts(self) -> dict[str, int]:

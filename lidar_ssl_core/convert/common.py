@@ -253,10 +253,10 @@ def run_unit(
             unit.write(writer, options.topics or Topics.from_profile(), advance)
             messages = sum(writer.message_counts.values())
     except LidarSslError as err:
-        log.error("%s: %s", unit.name, err)
+        log.debug("%s: %s", unit.name, err)  # reported once, by the summary (ConvertSummary.lines)
         return UnitResult(unit.name, path, "failed", bytes_in=read, error=str(err))
     except Exception as err:  # unexpected (a bug or an odd file): report it, let the other units go on
-        log.exception("%s: unexpected error", unit.name)
+        log.debug("%s: unexpected error", unit.name, exc_info=True)  # traceback with lidar-ssl -v
         return UnitResult(unit.name, path, "failed", bytes_in=read, error=f"{type(err).__name__}: {err}")
     return UnitResult(
         unit.name,
@@ -554,15 +554,16 @@ def check_consistent_stamps(stamps: Sequence[int], what: str) -> None:
 
 
 def plan_failure(kind: str, name: str, err: Exception) -> tuple[str, str]:
-    """(unit name, error) of a unit that cannot be planned; an unexpected error is logged with traceback.
+    """(unit name, error) of a unit that cannot be planned; an unexpected error's traceback is logged
+    at debug level (the summary carries the error itself).
 
     The ``plan_*`` functions catch every exception per unit, as ``run_unit`` does per bag, so one odd
     file (an empty oxts row, a table that does not match) fails only its unit.
     """
-    if isinstance(err, LidarSslError):
-        log.error("%s %s: %s", kind, name, err)
+    if isinstance(err, LidarSslError):  # reported once, by the summary
+        log.debug("%s %s: %s", kind, name, err)
         return name, str(err)
-    log.error("%s %s: unexpected error while planning", kind, name, exc_info=err)
+    log.debug("%s %s: unexpected error while planning", kind, name, exc_info=err)  # lidar-ssl -v
     return name, f"{type(err).__name__}: {err}"
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lidar_ssl_core.bag.writer import BagWriter
+from lidar_ssl_core.bag_formats import CLASS_MAP_KEY
 from lidar_ssl_core.convert.common import (
     CAMERA_INFO,
     COMPRESSED_IMAGE,
@@ -244,6 +245,8 @@ class KittiUnit:
         cameras = {c.name: c for c in self.cameras}
         with_images = {i.camera for i in self.images}
         add_profile_topics(writer, profile, [], poses=bool(self.poses))
+        if any(s.label_path for s in self.scans):  # raw SemanticKITTI ids: the semantickitti map
+            writer.set_custom_data(CLASS_MAP_KEY, "semantickitti")
         for cam in cameras:
             if cam in with_images:
                 writer.add_topic(profile.image_topic(cam), COMPRESSED_IMAGE)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lidar_ssl_core.bag.writer import BagWriter
+from lidar_ssl_core.bag_formats import CLASS_MAP_KEY
 from lidar_ssl_core.convert.common import (
     LIDAR_FRAME,
     ConvertOptions,
@@ -109,6 +110,8 @@ class SceneUnit:
         K = dict(self.intrinsics)
         cameras = [c for c, _ in self.intrinsics]
         add_profile_topics(writer, profile, cameras, poses=bool(self.poses))
+        if any(s.label_path for s in self.sweeps):  # lidarseg ids: downstream picks the nuscenes map
+            writer.set_custom_data(CLASS_MAP_KEY, "nuscenes")
         events = EventList()
         for i, sweep in enumerate(self.sweeps):
             events.add(sweep.stamp_ns, "lidar", i)
@@ -195,7 +198,6 @@ def plan_nuscenes(
         try:
             units.append(_plan_scene(nusc, Path(dataroot), by_name[name], labels, sweeps))
         except KeyError as err:
-            log.error("scene %s: token %s is referenced but missing", name, err)
             problems.append((name, f"a table does not match: token {err} is referenced but missing"))
         except Exception as err:  # one odd scene must not stop the others (as run_unit does per bag)
             problems.append(plan_failure("scene", name, err))

@@ -343,6 +343,31 @@ def load_class_map(name_or_path: str | Path) -> ClassMap:
     return class_map_from_dict(doc, source=f"class map file {path}")
 
 
+def recorded_class_map(bags: Sequence[Path]) -> str | None:
+    """The class map the bags record in their metadata (``custom_data`` key
+    :data:`~lidar_ssl_core.bag_formats.CLASS_MAP_KEY`, written by the converters); None when none does.
+
+    Bags that record different maps cannot be trained or scored together: ``ConfigError`` naming them.
+    Bags without a record are left out of the vote (they keep the configured map).
+    """
+    from lidar_ssl_core.bag.discover import expand_bags
+    from lidar_ssl_core.bag.reader import read_custom_data
+    from lidar_ssl_core.bag_formats import CLASS_MAP_KEY
+
+    found: dict[str, list[Path]] = {}
+    for bag in expand_bags(list(bags)):
+        name = read_custom_data(bag).get(CLASS_MAP_KEY)
+        if name:
+            found.setdefault(name, []).append(bag)
+    if len(found) > 1:
+        listing = "; ".join(f"{name}: {', '.join(map(str, paths[:3]))}" for name, paths in found.items())
+        raise ConfigError(
+            f"the bags record different class maps ({listing}); train and evaluate one dataset at a time, "
+            "or set `downstream.class_map` (-s downstream.class_map=NAME) to force one"
+        )
+    return next(iter(found), None)
+
+
 def dump_class_map(class_map: ClassMap) -> str:
     """YAML text of a map (a starting point for a dataset's own file)."""
     return str(yaml.safe_dump(class_map.to_dict(), sort_keys=False, default_flow_style=None))
@@ -360,5 +385,6 @@ __all__ = [
     "default_colors",
     "dump_class_map",
     "load_class_map",
+    "recorded_class_map",
     "remap",
 ]

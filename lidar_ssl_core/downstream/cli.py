@@ -29,12 +29,23 @@ RunDir = Annotated[Optional[Path], typer.Option(help="output folder")]  # noqa: 
 Fraction = Annotated[Optional[float], typer.Option(help="share of training scenes, e.g. 0.01")]  # noqa: UP045
 
 
-def _config(config: Path | None, sets: list[str] | None, overrides: dict[str, Any]) -> Config:
+def _config(
+    config: Path | None, sets: list[str] | None, overrides: dict[str, Any], checkpoint: Path | None = None
+) -> Config:
+    """The configuration; with a ``checkpoint`` (``--pretrained``/``--model``, or the config's
+    downstream.pretrained), its architecture and voxel grid replace the defaults (an explicit contradicting
+    setting is refused)."""
     from lidar_ssl_core.config import load_config
 
     values = parse_sets(sets)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return load_config(config, values)
+    cfg = load_config(config, values)
+    checkpoint = checkpoint or cfg.downstream.pretrained
+    if checkpoint is None:
+        return cfg
+    from lidar_ssl_core.downstream.model import settings_from_checkpoint
+
+    return load_config(config, {**values, **settings_from_checkpoint(checkpoint, cfg)})
 
 
 def _report_index(index: SweepIndex) -> None:
@@ -50,16 +61,24 @@ def _train(
     mode: Mode, config: Path | None, sets: list[str] | None, overrides: dict[str, Any], resume: bool
 ) -> None:
     from lidar_ssl_core.config import dump_config
-    from lidar_ssl_core.downstream.classes import load_class_map
+    from lidar_ssl_core.downstream.classes import load_class_map, recorded_class_map
     from lidar_ssl_core.downstream.data import index_labelled_sweeps
     from lidar_ssl_core.downstream.report import write_evaluation_report
     from lidar_ssl_core.downstream.train import EpochStats, SegmentationTrainer, select_training_sweeps
     from lidar_ssl_core.resources import default_bag
 
     cfg = _config(config, sets, overrides)
+    train_bags = list(cfg.downstream.train_bags or cfg.data.bags or (default_bag(),))
+    map_source = "downstream.class_map"
+    if "class_map" not in cfg.downstream.model_fields_set:  # not set explicitly: the bags may say
+        recorded = recorded_class_map([*train_bags, *cfg.downstream.val_bags])
+        if recorded is not None:
+            cfg = cfg.model_copy(
+                update={"downstream": cfg.downstream.model_copy(update={"class_map": recorded})}
+            )
+            map_source = "recorded in the bags"
     ds = cfg.downstream
     class_map = load_class_map(ds.class_map)
-    train_bags = list(ds.train_bags or cfg.data.bags or (default_bag(),))
     index = index_labelled_sweeps(train_bags, cfg.data)
     sweeps = select_training_sweeps(index.sweeps, ds.label_fraction, ds.split_seed, ds.block_frames)
     _report_index(index)
@@ -72,7 +91,7 @@ def _train(
         f"{mode}: {len(sweeps)} of {len(index.sweeps)} labelled sweeps "
         f"({100 * len(sweeps) / len(index.sweeps):.3g}%; asked {100 * ds.label_fraction:g}% by scene) from "
         f"{len(index.scenes())} bag(s); {len(val)} validation "
-        f"sweeps; class map {class_map.name} ({class_map.num_classes} classes); backbone "
+        f"sweeps; class map {class_map.name} ({class_map.num_classes} classes, {map_source}); backbone "
         f"{'from ' + str(ds.pretrained) if ds.pretrained else 'randomly initialised'}"
     )
     trainer = SegmentationTrainer(ds, cfg.data, class_map, mode, sweeps, val)
@@ -171,9 +190,9 @@ def evaluate(
     from lidar_ssl_core.downstream.train import evaluate as evaluate_network
 
     try:
-        cfg = _config(config, sets, {})
+        cfg = _config(config, sets, {}, checkpoint=model)  # the model's grid; a contradiction is refused
         seg = load_segmentation_model(model, cfg.downstream.device)
-        data = cfg.data.model_copy(update={"voxels": seg.voxels})  # the grid the model was trained on
+        data = cfg.data
         index = index_labelled_sweeps(bags, data)
         _report_index(index)
         dataset = LabelledSweepDataset(index.sweeps, data, seg.class_map, train=False)

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from pydantic import BaseModel
 
-from lidar_ssl_core.config import VoxelConfig
+from lidar_ssl_core.config import Config, VoxelConfig
 from lidar_ssl_core.downstream.classes import ClassMap, class_map_from_dict
 from lidar_ssl_core.downstream.data import network_input
 from lidar_ssl_core.errors import ConfigError
@@ -30,6 +31,78 @@ log = logging.getLogger(__name__)
 SEGMENTATION_FORMAT = "lidar_ssl.segmentation/1"
 SEGMENTATION_REQUIRED = ("format", "model", "backbone", "class_map", "voxels")
 HEAD_PREFIX = "final."
+
+
+def checkpoint_settings(path: Path) -> dict[str, Any]:
+    """The architecture and voxel grid a pretraining or segmentation checkpoint was made with, as dotted
+    config keys: ``downstream.backbone.preset`` / ``.in_channels`` and ``data.voxels.mode`` / ``.size`` (a key
+    the checkpoint does not record is absent).
+
+    Tensors are memory-mapped, not read: this costs next to nothing even for a large checkpoint.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint, or unreadable: load_checkpoint words the error
+        state = None
+    if not isinstance(state, dict) or state.get("format") not in (PRETRAIN_FORMAT, SEGMENTATION_FORMAT):
+        state = load_checkpoint(path, formats=(PRETRAIN_FORMAT, SEGMENTATION_FORMAT), required=("format",))
+    if state["format"] == PRETRAIN_FORMAT:
+        saved = state.get("config")
+        backbone = saved.get("backbone") if isinstance(saved, Mapping) else None
+    else:
+        backbone = state.get("backbone")
+    found: dict[str, Any] = {}
+    if isinstance(backbone, Mapping):
+        arch = {k: backbone[k] for k in ("preset", "in_channels") if k in backbone}
+        found.update({f"downstream.backbone.{k}": v for k, v in arch.items()})
+    voxels = state.get("voxels")
+    if isinstance(voxels, Mapping):
+        found.update({f"data.voxels.{k}": voxels[k] for k in ("mode", "size") if k in voxels})
+    return found
+
+
+def explicit_settings(config: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys (with their values) that were given explicitly, in a YAML file or an override, rather
+    than left at their defaults (pydantic's ``model_fields_set``, followed into sub-sections)."""
+    found: dict[str, Any] = {}
+    for name in config.model_fields_set:
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            found.update(explicit_settings(value, f"{prefix}{name}."))
+        else:
+            found[f"{prefix}{name}"] = value
+    return found
+
+
+def _json(value: Any) -> Any:
+    """Comparable form of a config value (tuples as lists, enums as their values)."""
+    if isinstance(value, (tuple, list)):
+        return [_json(v) for v in value]
+    return getattr(value, "value", value)
+
+
+def settings_from_checkpoint(path: Path, config: Config) -> dict[str, Any]:
+    """Overrides that make ``config`` describe the network and voxel grid of the checkpoint at ``path``.
+
+    A checkpoint describes its network, so its settings win over the defaults; only a setting the user gave
+    explicitly (config file or ``-s/--set``) that contradicts the checkpoint is refused, with a
+    ``ConfigError`` naming both values. Shared by ``probe``, ``finetune``, ``evaluate``, ``segment`` and
+    ``export``.
+    """
+    saved = checkpoint_settings(path)
+    explicit = explicit_settings(config)
+    conflicts = [
+        f"`{key}: {_json(explicit[key])}` (the checkpoint has {_json(value)})"
+        for key, value in saved.items()
+        if key in explicit and _json(explicit[key]) != _json(value)
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"{path} was trained with another network or voxel grid than the configuration asks for: "
+            f"{'; '.join(conflicts)}. A checkpoint describes its own network: remove these settings from "
+            "the config file or -s/--set to use the checkpoint's"
+        )
+    return saved
 
 
 def build_segmentation_model(backbone: BackboneConfig, num_classes: int) -> Res16UNet:

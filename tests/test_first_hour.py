@@ -1,0 +1,141 @@
+"""The first hour of a new user (issue 14): artifacts that describe themselves, defaults that fit the
+machine, and one clear message per failure, through the ``lidar-ssl`` command line."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lidar_ssl_core.bag.reader import read_custom_data
+from lidar_ssl_core.bag_formats import CLASS_MAP_KEY
+from lidar_ssl_core.cli import app
+from lidar_ssl_core.config import load_config
+from lidar_ssl_core.downstream.classes import recorded_class_map
+from lidar_ssl_core.resources import default_bag
+from lidar_ssl_core.train import PretrainConfig, build_pretraining
+
+runner = CliRunner()
+GRID = [0.2, 2.0, 0.2]  # not the default voxel grid: downstream must take it from the checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real pretraining checkpoint of the ``tiny`` preset on a non-default voxel grid (not trained:
+    the architecture and grid are what matter here)."""
+    run = tmp_path_factory.mktemp("pretrain")
+    data = load_config(overrides={"data.voxels.size": GRID, "data.loader.num_workers": 0}).data
+    cfg = PretrainConfig.model_validate(
+        {"run_dir": run, "backbone": {"preset": "tiny"}, "teacher": {"arch": "filterbank"}, "epochs": 1}
+    )
+    saved: Path | None = build_pretraining(cfg, data).save()
+    assert saved is not None
+    return saved
+
+
+def test_probe_takes_architecture_and_voxel_grid_from_the_checkpoint(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    args = ["probe", "--pretrained", str(tiny_checkpoint), "--epochs", "1", "--run-dir", str(tmp_path)]
+    args += ["-s", "downstream.label_fraction=0.25", "-s", "downstream.block_frames=2"]  # 4 of 16 sweeps
+    result = runner.invoke(
+        app, [*args, "-s", "downstream.num_workers=0", "-s", "downstream.probe_cache=true"]
+    )
+    assert result.exit_code == 0, result.output
+    resolved = load_config(tmp_path / "config.yaml")
+    assert resolved.downstream.backbone.preset == "tiny"
+    assert list(resolved.data.voxels.size) == GRID
+    assert (tmp_path / "model_last.pt").is_file()
+
+
+def test_an_explicit_conflicting_setting_is_refused_naming_the_key(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    args = ["probe", "--pretrained", str(tiny_checkpoint), "--run-dir", str(tmp_path)]
+    result = runner.invoke(app, [*args, "-s", "downstream.backbone.preset=small"])
+    assert result.exit_code == 1
+    assert "`downstream.backbone.preset: small` (the checkpoint has tiny)" in result.output
+    assert result.output.count("ERROR") == 1
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text("data:\n  voxels:\n    size: [0.1, 1.0, 0.1]\n")
+    result = runner.invoke(app, [*args, "--config", str(cfg)])
+    assert result.exit_code == 1 and "data.voxels.size" in result.output
+    assert not (tmp_path / "model_last.pt").exists()
+
+
+def test_a_converted_bag_carries_its_class_map_and_probe_uses_it(
+    semantickitti_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bags"
+    result = runner.invoke(
+        app, ["convert", "semantickitti", "--root", str(semantickitti_root), "--sequence", "00",
+              "--out", str(out), "--workers", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (bag,) = out.iterdir()
+    assert read_custom_data(bag) == {CLASS_MAP_KEY: "semantickitti"}
+    run = tmp_path / "probe"
+    args = [
+        "probe",
+        "--bags",
+        str(out),
+        "--epochs",
+        "1",
+        "--run-dir",
+        str(run),
+        "-s",
+        "downstream.num_workers=0",
+    ]
+    result = runner.invoke(app, [*args, "-s", "downstream.backbone.preset=tiny"])
+    assert result.exit_code == 0, result.output
+    assert "class map semantickitti (19 classes, recorded in the bags)" in result.output
+    assert load_config(run / "config.yaml").downstream.class_map == "semantickitti"
+    # an explicit setting wins over the record (here a wrong one, refused by the ignored-points check)
+    result = runner.invoke(
+        app, [*args, "-s", "downstream.backbone.preset=tiny", "-s", "downstream.class_map=nuscenes"]
+    )
+    assert result.exit_code == 1 and "class map 'nuscenes' ignores" in result.output
+    assert "-s downstream.class_map=NAME" in result.output
+
+
+def test_a_bag_without_a_record_keeps_the_configured_class_map() -> None:
+    assert read_custom_data(default_bag()) == {}  # the committed sample bag is unchanged
+    assert recorded_class_map([default_bag()]) is None
+
+
+def test_pretraining_with_a_random_image_teacher_is_refused_unless_asked_for(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "--run-dir", str(run)])
+    assert result.exit_code == 1
+    assert (
+        "pretrain.teacher.weights" in result.output and "pretrain.teacher.allow_random: true" in result.output
+    )
+    if not torch.cuda.is_available():  # a CPU-only machine is told which configuration fits it
+        assert "configs/cpu_demo.yaml" in result.output
+    assert not run.exists()  # refused before anything was read or written
+
+
+def test_a_converter_failure_is_reported_once_in_cli_words(
+    semantickitti_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "sk"
+    shutil.copytree(semantickitti_root, root)
+    (scan,) = (root / "sequences" / "00" / "velodyne").iterdir()
+    with scan.open("r+b") as fh:
+        fh.truncate(1001)  # not a whole number of points
+    out = tmp_path / "bags"
+    args = ["convert", "semantickitti", "--root", str(root), "--sequence", "00", "--out", str(out)]
+    with caplog.at_level(logging.DEBUG):
+        result = runner.invoke(app, [*args, "--workers", "1"])
+    assert result.exit_code == 1
+    assert result.output.count("1001 bytes") == 1, result.output  # the summary line, nothing else
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "1001" in r.getMessage()]
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    result = runner.invoke(app, ["synth", "--out", str(existing), "--preset", "tiny"])
+    assert result.exit_code == 1 and "--overwrite" in result.output and "overwrite=True" not in result.output
