@@ -17,7 +17,16 @@ from rich.table import Table
 
 from lidar_ssl_core import __version__
 from lidar_ssl_core.bag_formats import Distro, Storage
-from lidar_ssl_core.cli_common import ConfigOption, CountProgress, SetOption, console, fail, parse_sets
+from lidar_ssl_core.cli_common import (
+    ConfigOption,
+    CountProgress,
+    SetOption,
+    StrictOption,
+    console,
+    fail,
+    parse_sets,
+    report_damage,
+)
 from lidar_ssl_core.errors import ConfigError, LidarSslError
 
 if TYPE_CHECKING:
@@ -77,6 +86,7 @@ def _load(config: Path | None, bags: list[Path] | None, overrides: dict[str, obj
 def info(
     bags: Annotated[list[Path], typer.Argument(help="bag directories or .mcap/.db3 files")],
     config: ConfigOption = None,
+    strict: StrictOption = False,
 ) -> None:
     """Topics of a bag, its calibration and what synchronisation makes of it."""
     from lidar_ssl_core.bag.discover import expand_bags
@@ -84,8 +94,10 @@ def info(
     from lidar_ssl_core.data.bag_index import index_bag
 
     try:
+        found = expand_bags(bags)  # a missing bag fails here, before the configuration is loaded
         cfg = _load(config, bags)
-        for bag in expand_bags(bags):
+        for bag in found:
+            damaged = report_damage([bag], strict, cfg.data.profile.lidar_topic)
             with BagReader(bag) as reader:
                 table = Table(title=str(bag))
                 table.add_column("topic", overflow="fold")
@@ -94,11 +106,9 @@ def info(
                 for topic, msgtype in reader.topics.items():
                     table.add_row(topic, msgtype, str(reader.message_count(topic)))
                 Console().print(table)
-                for line in reader.damaged:
-                    console.print(f"[yellow]damaged[/]: {line}")
             index = index_bag(bag, cfg.data)
             out = Console(soft_wrap=True)
-            for line in index.report.lines():
+            for line in _report_lines(index.report.lines(), damaged):
                 out.print(f"  {line}")
             poses = "with" if index.rig.has_poses() else "WITHOUT"
             out.print(f"  LiDAR frame {index.lidar_frame}, ego poses: {poses} ego-motion compensation")
@@ -111,6 +121,18 @@ def info(
                 )
     except LidarSslError as err:
         raise fail(err) from err
+
+
+def _data_bags(cfg: Config) -> list[Path]:
+    """The bags ``data.bags`` names, else the embedded sample (what the datasets read)."""
+    from lidar_ssl_core.resources import default_bag
+
+    return list(cfg.data.bags) or [default_bag()]
+
+
+def _report_lines(lines: list[str], damaged: set[Path]) -> list[str]:
+    """An index report without its storage lines when the damage was already summarised (said once)."""
+    return [line for line in lines if not (damaged and line.startswith("storage: "))]
 
 
 @app.command()
@@ -159,6 +181,7 @@ def samples(
     eval_mode: Annotated[
         bool, typer.Option("--eval", help="validation transform instead of augmentations")
     ] = False,
+    strict: StrictOption = False,
 ) -> None:
     """Build paired point / pixel / superpixel training samples and report them (the data path's job)."""
     from tqdm import tqdm
@@ -172,11 +195,13 @@ def samples(
         if workers is not None:
             overrides["data.loader.num_workers"] = workers
         cfg = _load(config, bags, overrides)
+        damaged = report_damage(_data_bags(cfg), strict, cfg.data.profile.lidar_topic)
         dataset = PairedBagDataset(
             cfg.data, train=not eval_mode, seed=cfg.seed, superpixels=Superpixelizer(cfg.data.superpixels)
         )
         for index in dataset.indexes:
-            console.print(f"[bold]{index.path}[/]: " + "; ".join(index.report.lines()))
+            lines = _report_lines(index.report.lines(), damaged if index.path in damaged else set())
+            console.print(f"[bold]{index.path}[/]: " + "; ".join(lines))
         loader = make_loader(dataset, shuffle=False)
         n_batches = len(loader) if count <= 0 else -(-count // cfg.data.loader.batch_size)
         stats = _SampleStats()
@@ -275,6 +300,7 @@ def pretrain(
     run_dir: Annotated[Optional[Path], typer.Option(help="run folder (checkpoints, config)")] = None,  # noqa: UP045
     resume: Annotated[bool, typer.Option(help="continue from run_dir/ckpt_last.pt when present")] = True,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    strict: StrictOption = False,
 ) -> None:
     """Pretrain the 3D backbone by distilling the frozen image teacher (default: the embedded bag).
 
@@ -296,6 +322,7 @@ def pretrain(
         cfg = _load(config, bags, overrides)
         dist = init_distributed(cfg.pretrain.device)
         _check_pretraining_setup(cfg, dist.device)  # before any bag is read or model built
+        report_damage(_data_bags(cfg), strict, cfg.data.profile.lidar_topic, quiet=not dist.is_main)
         folder = Path(cfg.pretrain.run_dir)
         trainer = build_pretraining(cfg.pretrain, cfg.data, dist=dist)  # validates the bags first
         if resume and trainer.resume() and dist.is_main:  # refuses a checkpoint of another setup

@@ -6,13 +6,14 @@ Only the CLI modules print; the library logs and raises ``LidarSslError`` subcla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from lidar_ssl_core.errors import ConfigError, LidarSslError
+from lidar_ssl_core.errors import BagReadError, ConfigError, LidarSslError
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -23,6 +24,14 @@ ConfigOption = Annotated[
 SetOption = Annotated[
     Optional[list[str]],  # noqa: UP045
     typer.Option("--set", "-s", help="config override KEY=VALUE (dotted key, YAML value), repeatable"),
+]
+
+StrictOption = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="a damaged bag is an error (exit 1); default: a warning, and what can be read is used",
+    ),
 ]
 
 
@@ -46,6 +55,29 @@ def parse_sets(sets: list[str] | None) -> dict[str, object]:
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from err
     return values
+
+
+def report_damage(
+    bags: Sequence[Path], strict: bool, sweeps_topic: str | None = None, *, quiet: bool = False
+) -> set[Path]:
+    """One warning line per damaged bag (what was recovered and lost), or with ``strict`` one error.
+
+    Returns the damaged bags (as discovered: a folder of bags stands for the bags inside). ``quiet``: check
+    but print nothing (the non-main processes of a distributed run).
+    """
+    from lidar_ssl_core.bag.discover import expand_bags
+    from lidar_ssl_core.bag.reader import damage_summary
+
+    found = [s for s in (damage_summary(bag) for bag in expand_bags(list(bags))) if s is not None]
+    lines = [s.line(sweeps_topic) for s in found]
+    if strict and found:
+        raise BagReadError(f"{len(found)} damaged bag(s) and --strict: " + " | ".join(lines))
+    if not quiet:
+        from rich.markup import escape
+
+        for line in lines:
+            console.print(f"[yellow]warning[/]: {escape(line)}", highlight=False)
+    return {s.bag for s in found}
 
 
 class CountProgress:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lidar_ssl_core.bag.reader import read_custom_data
+from lidar_ssl_core.bag.reader import damage_summary, read_custom_data
 from lidar_ssl_core.bag_formats import CLASS_MAP_KEY
 from lidar_ssl_core.cli import app
 from lidar_ssl_core.config import load_config
@@ -20,6 +20,7 @@ from lidar_ssl_core.resources import default_bag
 from lidar_ssl_core.train import PretrainConfig, build_pretraining
 
 runner = CliRunner()
+CPU_DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "cpu_demo.yaml")
 GRID = [0.2, 2.0, 0.2]  # not the default voxel grid: downstream must take it from the checkpoint
 
 
@@ -139,3 +140,41 @@ def test_a_converter_failure_is_reported_once_in_cli_words(
     existing.mkdir()
     result = runner.invoke(app, ["synth", "--out", str(existing), "--preset", "tiny"])
     assert result.exit_code == 1 and "--overwrite" in result.output and "overwrite=True" not in result.output
+
+
+@pytest.fixture()
+def damaged_bag(tmp_path: Path) -> Path:
+    """The sample bag with its mcap file cut at 60 % (a copy cut short, a recording killed)."""
+    bag = tmp_path / "damaged"
+    shutil.copytree(default_bag(), bag)
+    (storage,) = bag.glob("*.mcap")
+    with storage.open("r+b") as fh:
+        fh.truncate(storage.stat().st_size * 6 // 10)
+    return bag
+
+
+def test_a_damaged_bag_is_one_warning_line_and_an_error_with_strict(
+    damaged_bag: Path, tmp_path: Path
+) -> None:
+    summary = damage_summary(damaged_bag)
+    assert summary is not None and summary.expected is not None
+    lost = summary.lost()
+    assert lost is not None and 0 < lost < sum(summary.expected.values())
+    assert damage_summary(default_bag()) is None
+
+    result = runner.invoke(app, ["info", str(damaged_bag)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "truncated" in line]
+    assert len(lines) == 1 and "damaged; recovered" in lines[0] and f"lost {lost}" in lines[0]
+    assert "/lidar/points messages readable" in lines[0]
+
+    for args in (
+        ["info", str(damaged_bag)],
+        ["samples", "--bags", str(damaged_bag), "-n", "1", "--workers", "0"],
+        ["probe", "--bags", str(damaged_bag), "--run-dir", str(tmp_path / "probe")],
+        ["pretrain", "--bags", str(damaged_bag), "--run-dir", str(tmp_path / "pre"), "--config", CPU_DEMO],
+    ):
+        result = runner.invoke(app, [*args, "--strict"])
+        assert result.exit_code == 1, (args, result.output)
+        assert "damaged bag(s) and --strict" in result.output and result.output.count("ERROR") == 1
+    assert not (tmp_path / "probe").exists() and not (tmp_path / "pre").exists()

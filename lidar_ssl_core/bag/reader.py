@@ -107,6 +107,7 @@ class _Source:
     start_ns: int
     end_ns: int
     damage: str | None = None
+    cause: str | None = None  # short form of ``damage``: where reading stopped, or why it could not open
 
     def raw(self, topics: set[str], start: int | None, stop: int | None) -> Iterator[_RawMessage]:
         raise NotImplementedError
@@ -256,6 +257,7 @@ class _McapRecovered(_RecoveredSource):
         self.damage = f"{reason}; recovered {sum(self.counts.values())} messages" + (
             f" ({self.stop_reason})" if self.stop_reason else ""
         )
+        self.cause = self.stop_reason or reason
 
     def _records(
         self, buf: memoryview, base: int, *, partial: bool = False
@@ -394,6 +396,7 @@ class _SqliteRecovered(_RecoveredSource):
         self.damage = f"{reason}; recovered {sum(self.counts.values())} messages" + (
             f" ({self.stop_reason})" if self.stop_reason else ""
         )
+        self.cause = self.stop_reason or reason
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True)
@@ -478,7 +481,9 @@ def read_custom_data(path: Path) -> dict[str, str]:
 
 
 def _recover(file: Path, reason: str, fallback: Typestore) -> _Source:
-    log.warning("%s cannot be opened normally (%s); recovering what can be read", file, reason)
+    # reported once per bag by the caller (BagReader.damaged, damage_summary): opened again by every
+    # worker, a warning here would repeat
+    log.debug("%s cannot be opened normally (%s); recovering what can be read", file, reason)
     if file.suffix == ".mcap":
         return _McapRecovered(file, reason, fallback)
     if file.suffix == ".db3":
@@ -691,6 +696,7 @@ class BagReader:
                     f"available: {sorted(available)}"
                 )
         errors: list[str] = []
+        known = {f"{s.path}: {s.damage}" for s in sources if s.damage}  # reported when opened
         streams = [
             self._guarded(s, s.raw(wanted & set(s.topics), start_ns, stop_ns), errors) for s in sources
         ]
@@ -704,7 +710,7 @@ class BagReader:
                     "; ".join(errors) + " (pass on_error='skip' to keep what was read and continue)"
                 )
             for e in errors:
-                log.warning("stopped reading early: %s", e)
+                log.log(logging.DEBUG if e in known else logging.WARNING, "stopped reading early: %s", e)
 
     @staticmethod
     def _guarded(
@@ -730,6 +736,67 @@ class BagReader:
         )
 
 
+@dataclass(frozen=True)
+class DamageSummary:
+    """What a damaged bag gave and what it lost, for one line of output."""
+
+    bag: Path
+    recovered: dict[str, int]  # topic -> messages that can be read
+    expected: dict[str, int] | None  # topic -> messages metadata.yaml lists; None when it lists none
+    causes: tuple[str, ...]  # one per damaged storage file
+
+    def lost(self, topic: str | None = None) -> int | None:
+        """Messages (of ``topic``; all when None) listed in metadata.yaml but unreadable; None: unknown."""
+        if self.expected is None:
+            return None
+        topics = [topic] if topic is not None else list(self.expected)
+        return sum(max(0, self.expected.get(t, 0) - self.recovered.get(t, 0)) for t in topics)
+
+    def line(self, sweeps_topic: str | None = None) -> str:
+        """``<bag>: damaged; recovered N of M messages (n of m sweeps), lost K; <cause>``."""
+        got = sum(self.recovered.values())
+        if self.expected is None:
+            counts = f"recovered {got} messages, lost: unknown (metadata.yaml lists no message counts)"
+        else:
+            counts = f"recovered {got} of {sum(self.expected.values())} messages, lost {self.lost()}"
+            if sweeps_topic is not None and sweeps_topic in self.expected:
+                counts += (
+                    f" ({self.recovered.get(sweeps_topic, 0)} of {self.expected[sweeps_topic]} "
+                    f"{sweeps_topic} messages readable)"
+                )
+        return f"{self.bag}: damaged; {counts}; {'; '.join(self.causes)}"
+
+
+def _listed_counts(bag: Path) -> dict[str, int] | None:
+    """topic -> message_count of a bag folder's metadata.yaml; None when absent or all zero."""
+    meta = bag / "metadata.yaml" if bag.is_dir() else bag.parent / "metadata.yaml"
+    try:
+        info = yaml.safe_load(meta.read_text())["rosbag2_bagfile_information"]
+        counts = {
+            str(t["topic_metadata"]["name"]): int(t["message_count"])
+            for t in info["topics_with_message_count"]
+        }
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+    return counts if any(counts.values()) else None
+
+
+def damage_summary(bag: Path | str, *, typestore: Typestore | None = None) -> DamageSummary | None:
+    """None for an intact bag; else what can be read of it against what its metadata.yaml lists.
+
+    Opening a damaged bag recovers what it can (the module's damage policy); this is the one place that
+    says so, so commands print one line per damaged bag and ``--strict`` can refuse it.
+    """
+    path = Path(bag)
+    with BagReader(path, typestore=typestore) as reader:
+        sources = reader._open_sources
+        causes = tuple(f"{s.path.name}: {s.cause or s.damage}" for s in sources if s.damage)
+        if not causes:
+            return None
+        recovered = {t: reader.message_count(t) for t in reader.topics}
+    return DamageSummary(path, recovered, _listed_counts(path), causes)
+
+
 def open_bag(
     paths: Path | str | Sequence[Path | str], *, typestore: Typestore | None = None, recover: bool = True
 ) -> BagReader:
@@ -740,9 +807,11 @@ def open_bag(
 __all__ = [
     "BagMessage",
     "BagReader",
+    "DamageSummary",
     "OnError",
     "RawBagMessage",
     "ReadStats",
+    "damage_summary",
     "open_bag",
     "read_custom_data",
 ]

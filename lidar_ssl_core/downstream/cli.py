@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from lidar_ssl_core.cli_common import ConfigOption, CountProgress, SetOption, console, fail, parse_sets
+from lidar_ssl_core.cli_common import (
+    ConfigOption,
+    CountProgress,
+    SetOption,
+    StrictOption,
+    console,
+    fail,
+    parse_sets,
+    report_damage,
+)
 from lidar_ssl_core.errors import ConfigError, LidarSslError
 
 if TYPE_CHECKING:
@@ -26,6 +35,10 @@ Pretrained = Annotated[
 ]
 ResumeOption = Annotated[bool, typer.Option(help="continue from run_dir/model_last.pt when present")]
 RunDir = Annotated[Optional[Path], typer.Option(help="output folder")]  # noqa: UP045
+VoxelSize = Annotated[
+    Optional[tuple[float, float, float]],  # noqa: UP045
+    typer.Option(help="restate the voxel size (checked against the model's)"),
+]
 Fraction = Annotated[Optional[float], typer.Option(help="share of training scenes, e.g. 0.01")]  # noqa: UP045
 
 
@@ -58,7 +71,12 @@ def _report_index(index: SweepIndex) -> None:
 
 
 def _train(
-    mode: Mode, config: Path | None, sets: list[str] | None, overrides: dict[str, Any], resume: bool
+    mode: Mode,
+    config: Path | None,
+    sets: list[str] | None,
+    overrides: dict[str, Any],
+    resume: bool,
+    strict: bool = False,
 ) -> None:
     from lidar_ssl_core.config import dump_config
     from lidar_ssl_core.downstream.classes import load_class_map, recorded_class_map
@@ -79,6 +97,7 @@ def _train(
             map_source = "recorded in the bags"
     ds = cfg.downstream
     class_map = load_class_map(ds.class_map)
+    report_damage([*train_bags, *ds.val_bags], strict, cfg.data.profile.lidar_topic)
     index = index_labelled_sweeps(train_bags, cfg.data)
     sweeps = select_training_sweeps(index.sweeps, ds.label_fraction, ds.split_seed, ds.block_frames)
     _report_index(index)
@@ -124,10 +143,12 @@ def probe(
     epochs: Annotated[Optional[int], typer.Option(help="default: 50")] = None,  # noqa: UP045
     run_dir: RunDir = None,
     resume: ResumeOption = True,
+    strict: StrictOption = False,
 ) -> None:
     """Linear probing: frozen backbone (frozen BatchNorm), point-wise linear head, lr 0.05."""
     try:
-        _train("probe", config, sets, _overrides(pretrained, bags, val_bags, epochs, run_dir, None), resume)
+        overrides = _overrides(pretrained, bags, val_bags, epochs, run_dir, None)
+        _train("probe", config, sets, overrides, resume, strict)
     except LidarSslError as err:
         raise fail(err) from err
 
@@ -142,11 +163,12 @@ def finetune(
     epochs: Annotated[Optional[int], typer.Option(help="default: 100 at 1%, else 50")] = None,  # noqa: UP045
     run_dir: RunDir = None,
     resume: ResumeOption = True,
+    strict: StrictOption = False,
 ) -> None:
     """Fine-tuning: whole network, cross-entropy + Lovasz, head lr 2.0 / backbone lr 0.02."""
     try:
         overrides = _overrides(pretrained, bags, val_bags, epochs, run_dir, label_fraction)
-        _train("finetune", config, sets, overrides, resume)
+        _train("finetune", config, sets, overrides, resume, strict)
     except LidarSslError as err:
         raise fail(err) from err
 
@@ -175,6 +197,7 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="report folder (default: beside the model)")] = None,  # noqa: UP045
     config: ConfigOption = None,
     sets: SetOption = None,
+    strict: StrictOption = False,
 ) -> None:
     """Point-wise mIoU, per-class IoU table, confusion matrix and IoU chart of a model on labelled bags."""
     from torch.utils.data import DataLoader
@@ -193,6 +216,7 @@ def evaluate(
         cfg = _config(config, sets, {}, checkpoint=model)  # the model's grid; a contradiction is refused
         seg = load_segmentation_model(model, cfg.downstream.device)
         data = cfg.data
+        report_damage(bags, strict, data.profile.lidar_topic)
         index = index_labelled_sweeps(bags, data)
         _report_index(index)
         dataset = LabelledSweepDataset(index.sweeps, data, seg.class_map, train=False)
@@ -210,30 +234,55 @@ def evaluate(
 
 
 def segment(
-    model: Annotated[Path, typer.Option(help="segmentation checkpoint (model_last.pt)")],
+    model: Annotated[Path, typer.Option(help="model package folder or segmentation checkpoint (.pt)")],
     bag: Annotated[Path, typer.Option(help="input bag")],
     out: Annotated[Path, typer.Option(help="output bag (a copy with the segmentation topic)")],
     topic: Annotated[str, typer.Option(help="output PointCloud2 topic")] = "/lidar/segmentation",
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
-    device: Annotated[Optional[str], typer.Option(help="torch device")] = None,  # noqa: UP045
+    backend: Annotated[str, typer.Option(help="torch | spconv | onnxruntime | tensorrt")] = "torch",
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N (default: cuda if any)")] = None,  # noqa: UP045
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads of the backend")] = None,  # noqa: UP045
+    preset: Annotated[Optional[str], typer.Option(help="restate the preset (checked)")] = None,  # noqa: UP045
+    voxel_mode: Annotated[Optional[str], typer.Option(help="restate the voxel mode (checked)")] = None,  # noqa: UP045
+    voxel_size: VoxelSize = None,
 ) -> None:
-    """Copy a bag and add a labelled, colour-coded PointCloud2 topic (label + rgb) for RViz/Foxglove."""
+    """Copy a bag and add a labelled, colour-coded PointCloud2 topic (rgb, label, score) for RViz/Foxglove.
+
+    Runs the inference engine of ``lidar-ssl export`` packages; the architecture and voxel grid come
+    from the model (restating them is allowed, contradicting them is refused)."""
     from lidar_ssl_core.bag.discover import expand_bags
-    from lidar_ssl_core.downstream.model import load_segmentation_model
+    from lidar_ssl_core.deploy.cli import explicit_voxels
+    from lidar_ssl_core.deploy.engine import STAGES, Segmentation, load_engine
+    from lidar_ssl_core.deploy.spec import check_overrides
     from lidar_ssl_core.downstream.segment_bag import write_segmented_bag
+    from lidar_ssl_core.types import PointCloud
 
     try:
         found = expand_bags([bag])  # the same discovery as every command that reads bags
         if len(found) != 1:
             raise ConfigError(f"segment takes one bag; {bag} holds {len(found)} (give one of them)")
-        seg = load_segmentation_model(model, device)
+        import torch
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        engine = load_engine(model, backend=backend, device=dev, threads=threads)
+        check_overrides(engine.spec, preset, explicit_voxels(voxel_mode, voxel_size))  # type: ignore[arg-type]
+        totals = dict.fromkeys(STAGES, 0.0)
+
+        def predict(cloud: PointCloud) -> Segmentation:
+            result = engine.segment(cloud)
+            for key in STAGES:
+                totals[key] += result.timings_ms.get(key, 0.0)
+            return result
+
         start = time.perf_counter()
         report = write_segmented_bag(
-            found[0], out, seg.predict_cloud, seg.class_map, topic_out=topic, overwrite=overwrite
+            found[0], out, predict, engine.spec.class_map, topic_out=topic, overwrite=overwrite
         )
+        per_sweep = ", ".join(f"{k} {v / max(1, report.sweeps_written):.1f}" for k, v in totals.items())
         console.print(
             f"{report.sweeps_written} sweeps segmented ({report.points_written} points) in "
-            f"{time.perf_counter() - start:.1f} s; {report.n_skipped} skipped; wrote {out} ({topic})"
+            f"{time.perf_counter() - start:.1f} s on {engine.backend}/{dev} (ms per sweep: {per_sweep}); "
+            f"{report.n_skipped} skipped; wrote {out} ({topic})"
         )
     except LidarSslError as err:
         raise fail(err) from err
