@@ -142,11 +142,13 @@ def make_backend(
     if backend == "onnxruntime":
         from lidar_ssl_core.deploy.ort_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(spec, device, threads=threads, package=package)
+        ort: Backend = OnnxRuntimeBackend(spec, device, threads=threads, package=package)
+        return ort
     if backend == "tensorrt":
         from lidar_ssl_core.deploy.trt_backend import TensorRTBackend
 
-        return TensorRTBackend(spec, device, package=package)
+        trt: Backend = TensorRTBackend(spec, device, package=package)
+        return trt
     raise ConfigError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
 

@@ -10,7 +10,8 @@ on the device the coordinates live on: CPU here, CUDA on the vehicle. Two forms:
   plus a trailing sentinel that reads the zero pad row) and one position table saying where each
   output's contributions lie in the concatenation of the per-offset products. The graph then is
   ``Y_k = X[g_k] @ W_k`` (exact FLOPs, no wasted products for empty neighbours) and
-  ``out = sum(Y[pos], axis=1)`` (see :mod:`lidar_ssl_core.deploy.onnx_graph`).
+  ``out = sum(Y[pos], axis=1)``, or, for a graph that scatters, ``out = scatter_add(Y, owner)`` with
+  ``owner`` the output row of every product row (see :mod:`lidar_ssl_core.deploy.onnx_graph`).
 
 Levels are the U-Net's tensor strides 1, 2, 4, 8, 16; output rows of a downsampling are sorted by packed
 key exactly as :func:`~lidar_ssl_core.sparse.build_downsample_map` sorts them, so both forms agree.
@@ -55,6 +56,7 @@ class OffsetLists:
 
     flat: Tensor  # (sum(sizes),) int32
     sizes: tuple[int, ...]
+    owner: Tensor | None = None  # (sum(sizes), 1) int64: output row each product row adds into
 
     def lists(self) -> tuple[Tensor, ...]:
         return tuple(torch.split(self.flat, list(self.sizes)))
@@ -77,41 +79,51 @@ class GraphTables:
                 for k, g in enumerate(lists.lists()):
                     out[f"{kind}{stride}_g{k}"] = g
                 out[f"{kind}{stride}_pos"] = pos
+                if lists.owner is not None:
+                    out[f"{kind}{stride}_out"] = lists.owner
         return out
 
 
-def _positions(group: Tensor, volume: int, n: int) -> tuple[Tensor, Tensor]:
-    """For ``n`` items with group ids ``group`` (n,): the group sizes, and each item's row in the
-    concatenation of the groups (items in index order within a group, one sentinel row after each)."""
-    order = torch.argsort(group, stable=True)
-    counts = torch.bincount(group, minlength=volume)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(n, device=group.device)
-    return counts, rank + group  # one sentinel row per preceding group
+def _positions(group: Tensor, volume: int) -> tuple[Tensor, Tensor]:
+    """For items with small group ids ``group`` (n,): the group sizes, and each item's row in the
+    concatenation of the groups (items in index order within a group, one sentinel row after each).
+    A one-hot running count instead of a sort: ``volume`` is 8."""
+    onehot = torch.nn.functional.one_hot(group, volume)
+    within = torch.cumsum(onehot, dim=0).gather(1, group[:, None])[:, 0] - 1
+    counts = onehot.sum(dim=0)
+    sizes = counts + 1
+    starts = torch.cumsum(sizes, 0) - sizes
+    return counts, starts[group] + within
+
+
+def _key_deltas(offsets: Tensor) -> Tensor:
+    """Packed-key difference of each offset: packing is linear while no axis leaves its 16 bits, which
+    the grid limit guarantees, so ``key(c + d) = key(c) + delta(d)`` (one add instead of a repack)."""
+    zeros = torch.zeros(offsets.shape[0], dtype=torch.int64, device=offsets.device)
+    return pack_keys(zeros, offsets) - pack_keys(zeros, torch.zeros_like(offsets))
 
 
 def _subm(coords: Tensor) -> tuple[OffsetLists, Tensor]:
     """Submanifold 3x3x3 lists and position table at one level (coords (V, 3) int64, unique)."""
     n = coords.shape[0]
     dev = coords.device
-    zeros = torch.zeros(n, dtype=torch.int64, device=dev)
-    keys = pack_keys(zeros, coords)
+    keys = pack_keys(torch.zeros(n, dtype=torch.int64, device=dev), coords)
     sorted_keys, perm = torch.sort(keys)
     offsets = kernel_offsets(3, dev)
     offsets = torch.cat([offsets[:SUBM_CENTRE], offsets[SUBM_CENTRE + 1 :]])  # the centre is X @ W_c
-    query = pack_keys(zeros[None, :], coords[None, :, :] + offsets[:, None, :])  # (26, V)
+    query = keys[None, :] + _key_deltas(offsets)[:, None]  # (26, V)
     spos = torch.searchsorted(sorted_keys, query).clamp_(max=n - 1)
     hit = sorted_keys[spos] == query
-    counts = hit.sum(dim=1)  # (26,)
-    sizes = counts + 1
-    starts = torch.cumsum(sizes, 0) - sizes
-    rank = torch.cumsum(hit, dim=1) - 1
-    where = starts[:, None] + rank  # (26, V) row of each hit in the concatenation
-    sentinel = counts[0]  # the pad row of group 0 (its product is zero)
-    pos = torch.where(hit, where, sentinel).t().contiguous()  # (V, 26)
-    flat = torch.full((int(sizes.sum()),), n, dtype=torch.int64, device=dev)
-    flat[where[hit]] = perm[spos[hit]]
-    return OffsetLists(flat.to(torch.int32), tuple(int(s) for s in sizes.tolist())), pos.to(torch.int32)
+    k_idx, out_idx = hit.nonzero(as_tuple=True)  # row-major: grouped by offset, outputs ascending
+    counts = torch.bincount(k_idx, minlength=SUBM_VOLUME - 1)
+    row = torch.arange(k_idx.shape[0], device=dev) + k_idx  # one sentinel row after each group
+    pos = torch.full((n, SUBM_VOLUME - 1), int(counts[0]), dtype=torch.int32, device=dev)
+    pos[out_idx, k_idx] = row.to(torch.int32)  # group 0's sentinel row (a zero product) where no hit
+    flat = torch.full((k_idx.shape[0] + SUBM_VOLUME - 1,), n, dtype=torch.int32, device=dev)
+    flat[row] = perm[spos[k_idx, out_idx]].to(torch.int32)
+    owner = torch.zeros((flat.shape[0], 1), dtype=torch.int64, device=dev)  # sentinels add 0 to row 0
+    owner[row, 0] = out_idx
+    return OffsetLists(flat, tuple(int(c) + 1 for c in counts.tolist()), owner), pos
 
 
 def _down(coords: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -138,7 +150,7 @@ def graph_tables(coords: Tensor) -> GraphTables:
         if stride == LEVELS[-1]:
             break
         parent, k, coarse, n_coarse = _down(current)
-        counts, slot = _positions(k, DOWN_VOLUME, n)
+        counts, slot = _positions(k, DOWN_VOLUME)
         sizes = counts + 1
         fine_flat = torch.full((int(sizes.sum()),), n, dtype=torch.int64, device=k.device)
         fine_flat[slot] = torch.arange(n, device=k.device)
@@ -147,7 +159,9 @@ def graph_tables(coords: Tensor) -> GraphTables:
         down_pos = torch.full((n_coarse, DOWN_VOLUME), int(counts[0]), dtype=torch.int64, device=k.device)
         down_pos[parent, k] = slot
         size_t = tuple(int(s) for s in sizes.tolist())
-        down[stride] = (OffsetLists(fine_flat.to(torch.int32), size_t), down_pos.to(torch.int32))
+        owner = torch.zeros((fine_flat.shape[0], 1), dtype=torch.int64, device=k.device)
+        owner[slot, 0] = parent
+        down[stride] = (OffsetLists(fine_flat.to(torch.int32), size_t, owner), down_pos.to(torch.int32))
         up[stride] = (OffsetLists(parent_flat.to(torch.int32), size_t), slot.to(torch.int32))
         current = coarse
     return GraphTables(counts_by_level, subm, down, up)

@@ -3,12 +3,16 @@
 Every message of the input is copied byte for byte (``BagWriter.write_raw``: no decode/encode, custom
 types included) with its log time and its topic's latching (transient-local topics such as
 ``/tf_static`` stay latched). For each LiDAR sweep one ``sensor_msgs/PointCloud2`` is added on
-``topic_out`` with the sweep's header stamp, frame and log time and the fields
+``topic_out`` with the sweep's header stamp, frame and log time, in the layout of
+:func:`lidar_ssl_core.deploy.cloud.build_segmented_cloud` (the one the live node publishes too; every
+field aligned to its size):
 
 - ``x y z intensity`` (float32),
-- ``label`` (uint16): the predicted training id, ``class_map.ignore_index`` where there is none,
 - ``rgb`` (float32): the class colour packed as PCL does (bytes of the uint32 ``0x00RRGGBB``), the
-  "rgb" field RViz's RGB8 transformer and Foxglove's "RGB (packed)" colour mode read.
+  "rgb" field RViz's RGB8 transformer and Foxglove's "RGB (packed)" colour mode read,
+- ``label`` (uint16): the predicted training id, ``class_map.ignore_index`` where there is none,
+- ``score`` (float32): the softmax probability of the label, when the predictor gives scores (the
+  inference engine's :class:`~lidar_ssl_core.deploy.engine.Segmentation` does).
 
 Non-finite points keep their place: the output cloud has the input's points in the input's order
 (and shape, for organized clouds), so it lines up index for index with the source sweep. The
@@ -36,16 +40,20 @@ from rosbags.interfaces import Connection, ConnectionExtRosbag2, QosDurability
 from lidar_ssl_core.bag.typestore import default_read_typestore
 from lidar_ssl_core.bag.writer import BagWriter
 from lidar_ssl_core.config import ProfileConfig
+from lidar_ssl_core.deploy.cloud import build_segmented_cloud, pack_rgb, unpack_rgb
 from lidar_ssl_core.downstream.classes import ClassMap, remap
 from lidar_ssl_core.errors import BagReadError, ConfigError, DatasetError, MessageError
-from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud_counted, make_pointcloud2
+from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud_counted
+from lidar_ssl_core.msg.stamps import make_header
 from lidar_ssl_core.types import PointCloud
 
 log = logging.getLogger(__name__)
 
 Distro = Literal["humble", "jazzy", "kilted"]
 Storage = Literal["mcap", "sqlite3"]
-Predictor = Callable[[PointCloud], npt.NDArray[np.integer]]
+Predictor = Callable[[PointCloud], Any]
+"""A sweep's finite points -> ``(N,)`` integer training ids, or an object with ``labels`` and ``scores``
+(N,) arrays such as :class:`~lidar_ssl_core.deploy.engine.Segmentation`."""
 
 _POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 
@@ -66,19 +74,6 @@ class SegmentBagReport:
     @property
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
-
-
-def pack_rgb(colors: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """(N, 3) RGB uint8 -> (N,) float32 whose bytes are the uint32 0x00RRGGBB (PCL / RViz convention)."""
-    c = np.asarray(colors, np.uint32)
-    packed = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
-    return packed.astype("<u4").view("<f4")
-
-
-def unpack_rgb(rgb: npt.ArrayLike) -> npt.NDArray[np.uint8]:
-    """Inverse of ``pack_rgb``."""
-    packed = np.asarray(rgb, "<f4").view("<u4")
-    return np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], axis=-1).astype(np.uint8)
 
 
 def label_passthrough(class_map: ClassMap) -> Predictor:
@@ -127,8 +122,16 @@ def _register_missing_types(writer: BagWriter, reader: AnyReader) -> None:
         writer.typestore.register(missing)
 
 
-def _predict_labels(cloud: PointCloud, predict: Predictor, class_map: ClassMap) -> npt.NDArray[np.int64]:
-    raw = np.asarray(predict(cloud))
+def _predict_labels(
+    cloud: PointCloud, predict: Predictor, class_map: ClassMap
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32] | None]:
+    result = predict(cloud)
+    scores = None
+    if hasattr(result, "labels") and hasattr(result, "scores"):
+        result, scores = result.labels, np.asarray(result.scores, np.float32)
+        if scores.shape != (len(cloud),):
+            raise ValueError(f"predict() returned scores of shape {scores.shape} for {len(cloud)} points")
+    raw = np.asarray(result)
     if raw.shape != (len(cloud),) or raw.dtype.kind not in "iu":
         raise ValueError(
             f"predict() must return ({len(cloud)},) integer training ids for the sweep at "
@@ -141,7 +144,7 @@ def _predict_labels(cloud: PointCloud, predict: Predictor, class_map: ClassMap) 
             f"predict() returned id {int(labels[bad][0])} for the sweep at t={cloud.stamp_ns}; "
             f"expected 0..{class_map.num_classes - 1} or ignore_index {class_map.ignore_index}"
         )
-    return labels
+    return labels, scores
 
 
 def _segmentation_message(
@@ -162,20 +165,29 @@ def _segmentation_message(
             label=None if full.label is None else full.label[finite],
         )
         labels = np.full(n, class_map.ignore_index, np.int64)
-        labels[finite] = _predict_labels(sub, predict, class_map)
+        sub_labels, sub_scores = _predict_labels(sub, predict, class_map)
+        labels[finite] = sub_labels
+        scores = None
+        if sub_scores is not None:
+            scores = np.zeros(n, np.float32)
+            scores[finite] = sub_scores
     else:
-        labels = _predict_labels(full, predict, class_map)
-    columns: dict[str, np.ndarray] = {
-        "x": full.xyz[:, 0],
-        "y": full.xyz[:, 1],
-        "z": full.xyz[:, 2],
-        "intensity": full.intensity,
-        "label": labels.astype(np.uint16),
-        "rgb": pack_rgb(class_map.colorize(labels)),
-    }
+        labels, scores = _predict_labels(full, predict, class_map)
     height, width = int(msg.height), int(msg.width)
-    shape = (height, width) if height > 1 else None
-    out = make_pointcloud2(typestore, columns, full.stamp_ns, str(msg.header.frame_id), shape=shape)
+    cloud = build_segmented_cloud(
+        full.xyz,
+        full.intensity,
+        labels,
+        class_map.colors,
+        ignore_index=class_map.ignore_index,
+        ignore_color=class_map.ignore_color,
+        scores=scores,
+        shape=(height, width) if height > 1 else None,
+    )
+    header = make_header(typestore, full.stamp_ns, str(msg.header.frame_id))
+    out = cloud.to_message(
+        typestore.types[_POINTCLOUD2], typestore.types["sensor_msgs/msg/PointField"], header
+    )
     return out, int(np.count_nonzero(labels != class_map.ignore_index)), n_bad
 
 
