@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from lidar_ssl_core.config import Config
+    from lidar_ssl_core.geometry.calibration import RigCalibration
 
 app = typer.Typer(
     name="lidar-ssl",
@@ -112,6 +113,8 @@ def info(
                 out.print(f"  {line}")
             poses = "with" if index.rig.has_poses() else "WITHOUT"
             out.print(f"  LiDAR frame {index.lidar_frame}, ego poses: {poses} ego-motion compensation")
+            stamp = index.frames[0].lidar.stamp_ns if index.frames else 0
+            out.print(f"  LiDAR {_extrinsic(index.rig, index.lidar_frame, stamp, cfg)}")
             for name, cam in index.rig.cameras.items():
                 intr = cam.intrinsics
                 out.print(
@@ -119,8 +122,32 @@ def info(
                     f"fx {intr.K[0, 0]:.1f} fy {intr.K[1, 1]:.1f}, distortion {intr.distortion_model}"
                     + (" (zero)" if not intr.is_distorted else "")
                 )
+                out.print(f"    {_extrinsic(index.rig, cam.frame, stamp, cfg)}")
     except LidarSslError as err:
         raise fail(err) from err
+
+
+def _extrinsic(rig: RigCalibration, frame: str, stamp_ns: int, cfg: Config) -> str:
+    """``frame``'s pose in the base frame (translation, roll/pitch/yaw) and the topic it was read from."""
+    import math
+
+    base = rig.base_frame
+    T = rig.buffer.lookup(base, frame, stamp_ns)
+    R = T[:3, :3]
+    rpy = (
+        math.degrees(math.atan2(R[2, 1], R[2, 2])),
+        math.degrees(math.asin(max(-1.0, min(1.0, -R[2, 0])))),
+        math.degrees(math.atan2(R[1, 0], R[0, 0])),
+    )
+    profile = cfg.data.profile
+    source = (
+        profile.tf_static_topic
+        if rig.buffer.is_static_path(base, frame)
+        else f"{profile.tf_topic} (time-varying; at the first sweep)"
+    )
+    xyz = ", ".join(f"{round(float(v), 3) + 0.0:.3f}" for v in T[:3, 3])  # + 0.0: no "-0.000"
+    angles = ", ".join(f"{round(v, 2) + 0.0:.2f}" for v in rpy)
+    return f"extrinsic {base} <- {frame}: xyz ({xyz}) m, roll/pitch/yaw ({angles}) deg, from {source}"
 
 
 def _data_bags(cfg: Config) -> list[Path]:

@@ -7,6 +7,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -18,6 +20,7 @@ from lidar_ssl_core.config import load_config
 from lidar_ssl_core.downstream.classes import recorded_class_map
 from lidar_ssl_core.resources import default_bag
 from lidar_ssl_core.train import PretrainConfig, build_pretraining
+from lidar_ssl_core.visualize import range_colours, range_legend
 
 runner = CliRunner()
 CPU_DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "cpu_demo.yaml")
@@ -178,3 +181,33 @@ def test_a_damaged_bag_is_one_warning_line_and_an_error_with_strict(
         assert result.exit_code == 1, (args, result.output)
         assert "damaged bag(s) and --strict" in result.output and result.output.count("ERROR") == 1
     assert not (tmp_path / "probe").exists() and not (tmp_path / "pre").exists()
+
+
+def test_sample_preview_names_each_camera_and_has_a_range_legend(tmp_path: Path) -> None:
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text("data:\n  loader:\n    batch_size: 1\n")
+    out = tmp_path / "preview"
+    result = runner.invoke(
+        app, ["samples", "-n", "1", "--workers", "0", "--config", str(cfg), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    read = cv2.imread(str(out / "pairs_preview.png"))
+    assert read is not None
+    png = read[:, :, ::-1]
+    legend_height = range_legend(png.shape[1]).shape[0]
+    assert np.array_equal(png[-legend_height:], range_legend(png.shape[1]))  # the legend is drawn as built
+    bar = png[-legend_height + 10, 10:20]  # the bar starts at 0 m
+    assert np.abs(bar.astype(int) - range_colours([0.0])[0].astype(int)).max() <= 20
+    tiles = png[:-legend_height]
+    h, w = tiles.shape[0] // 2, tiles.shape[1] // 3  # six cameras: 2 x 3
+    corners = [tiles[r * h + 1, c * w + 1] for r in range(2) for c in range(3)]
+    assert all(int(px.max()) == 0 for px in corners)  # each tile has its name box
+
+
+def test_info_shows_each_extrinsic_and_where_it_came_from() -> None:
+    result = runner.invoke(app, ["info", str(default_bag())])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "extrinsic base_link <- " in line]
+    assert len(lines) == 7 and all(line.rstrip().endswith("from /tf_static") for line in lines)  # LiDAR + 6
+    front = next(line for line in lines if "<- front:" in line)
+    assert "xyz (1.700, 0.000, 1.550) m" in front and "roll/pitch/yaw (-90.00, 0.00, -90.00) deg" in front

@@ -125,7 +125,7 @@ def collate(samples: Sequence[TrainingSample]) -> dict[str, Any]:
     representative point; ``point_to_voxel`` (N,); ``points`` (N, 3); ``point_batch`` (N,); ``labels``
     (N,) when every sample has them; ``images`` (I, 3, H, W) uint8; ``image_batch`` (I,);
     ``superpixels`` (I, H, W) with ids unique in the batch; ``pairing_points`` / ``pairing_voxels`` (M,);
-    ``pairing_images`` (M, 3) [image, row, col]; ``pairing_superpixels`` (M,).
+    ``pairing_images`` (M, 3) [image, row, col]; ``pairing_superpixels`` (M,); ``cameras`` (I,) names.
     """
     coords, feats, p2v, points, point_batch, labels = [], [], [], [], [], []
     images, image_batch, sps = [], [], []
@@ -168,6 +168,7 @@ def collate(samples: Sequence[TrainingSample]) -> dict[str, Any]:
         "pairing_voxels": torch.from_numpy(np.concatenate(pair_vox)),
         "pairing_images": torch.from_numpy(np.concatenate(pair_img)),
         "sources": [s.source for s in samples],
+        "cameras": [c for s in samples for c in s.cameras],  # camera name of each image
         "replaced": [r for s in samples for r in s.replaced],  # frames that failed and were skipped
     }
     if len(labels) == len(samples):
