@@ -287,7 +287,8 @@ def check_class_map(dataset: LabelledSweepDataset, n_sweeps: int = 3) -> float:
         message = (
             f"class map '{dataset.class_map.name}' ignores {100 * ignored:.1f}% of the labelled points "
             f"(most frequent raw ids: {common}); is it the dataset's map? "
-            "set downstream.class_map (nuscenes, semantickitti, synthetic or a YAML file)"
+            "set `downstream.class_map: NAME` (-s downstream.class_map=NAME; nuscenes, semantickitti, "
+            "synthetic or a YAML file)"
         )
         if ignored >= IGNORED_REFUSE:
             raise ConfigError(message)
