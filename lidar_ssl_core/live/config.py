@@ -43,9 +43,11 @@ class SegmenterConfig(_Params):
 class PretrainNodeConfig(_Params):
     """``pretrain``: the core trainer over bags or over the recorder's shard folder."""
 
-    bags: list[str] = Field(
-        default_factory=list, description="bags, folders or globs ([] = follow shard_dir)"
-    )
+    @property
+    def bag_list(self) -> list[str]:
+        return [b.strip() for b in self.bags.split(",") if b.strip()]
+
+    bags: str = Field("", description="comma-separated bags, folders or globs ('' = follow shard_dir)")
     shard_dir: str = Field(
         "", description="recorder output folder: train on its closed shards, pick up new ones"
     )

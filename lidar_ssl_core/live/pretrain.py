@@ -92,7 +92,7 @@ class ContinualPretraining:
 
     def current_bags(self) -> list[Path]:
         if self.node.bags:
-            return expand_bags(self.node.bags)
+            return expand_bags(self.node.bag_list)
         folder = Path(self.node.shard_dir)
         return closed_shards(folder, self.node.shard_prefix) if folder.is_dir() else []
 

@@ -1,6 +1,6 @@
 """Pretraining over bags (or a recorder's shard folder) as a ROS 2 node.
 
-    ros2 launch lidar_ssl pretrain.launch.py bags:='[rosbags/synthetic_sample]' method:=slidr \
+    ros2 launch lidar_ssl pretrain.launch.py bags:=rosbags/synthetic_sample method:=slidr \
         config:=configs/cpu_demo.yaml output:=runs/ros_pretrain
 """
 
@@ -15,7 +15,7 @@ from launch import LaunchDescription
 def generate_launch_description() -> LaunchDescription:
     params = PathJoinSubstitution([FindPackageShare("lidar_ssl"), "config", "pretrain.yaml"])
     args = [
-        DeclareLaunchArgument("bags", default_value="[]", description="bags / folders / globs, as [a, b]"),
+        DeclareLaunchArgument("bags", default_value="", description="comma-separated bags / folders / globs"),
         DeclareLaunchArgument("shard_dir", default_value="", description="or: a recorder's shard folder"),
         DeclareLaunchArgument("method", default_value="", description="ppkt | slidr | ... ('' = config's)"),
         DeclareLaunchArgument("config", default_value="", description="lidar_ssl YAML config"),

@@ -22,8 +22,8 @@ LINGER_S = 1.0
 
 
 class BagPlayerNode(Node):
-    def __init__(self) -> None:
-        super().__init__("bag_player")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("bag_player", **kwargs)
         cfg = declare_from_model(self, PlayerConfig)
         if not cfg.bags:
             raise ValueError("bag_player: parameter 'bags' is empty; give at least one bag")

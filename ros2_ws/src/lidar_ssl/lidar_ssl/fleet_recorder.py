@@ -44,8 +44,8 @@ from lidar_ssl_core.record.recorder import Recorder
 
 
 class FleetRecorder(Node):
-    def __init__(self) -> None:
-        super().__init__("fleet_recorder")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("fleet_recorder", **kwargs)
         cfg = declare_from_model(self, RecorderConfig)
         self.config = cfg
         statics = load_static_transforms(cfg.calibration_file) if cfg.calibration_file else []

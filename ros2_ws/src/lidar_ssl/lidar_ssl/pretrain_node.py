@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import threading
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
@@ -23,8 +24,8 @@ from lidar_ssl_core.live.pretrain import ContinualPretraining, PretrainProgress,
 
 
 class PretrainNode(Node):
-    def __init__(self) -> None:
-        super().__init__("pretrain")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("pretrain", **kwargs)
         cfg = declare_from_model(self, PretrainNodeConfig)
         self.config = cfg
         lower_priority(cfg.nice, cfg.threads)

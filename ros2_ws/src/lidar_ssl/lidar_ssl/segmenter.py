@@ -30,8 +30,8 @@ from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud
 
 
 class Segmenter(LifecycleNode):
-    def __init__(self) -> None:
-        super().__init__("segmenter")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("segmenter", **kwargs)
         declare_from_model(self, SegmenterConfig)  # validated again at each configure
         self.config: SegmenterConfig | None = None
         self.engine: Any = None
