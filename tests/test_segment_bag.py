@@ -76,6 +76,15 @@ def test_segmentation_labels_and_colours_read_back(segmented: tuple[Path, object
         seg = m.msg
         assert stamp_to_ns(seg.header.stamp) == stamp_to_ns(src.header.stamp)
         assert seg.header.frame_id == src.header.frame_id == "lidar_top"
+        assert {f.name: f.offset for f in seg.fields} == {
+            "x": 0,
+            "y": 4,
+            "z": 8,
+            "intensity": 12,
+            "rgb": 16,
+            "label": 20,
+        }  # every field aligned to its size (deploy.cloud layout); no score from a label predictor
+        assert seg.point_step == 24
         fields = {f.name: f.datatype for f in seg.fields}
         assert fields == {
             "x": FLOAT32,

@@ -10,8 +10,8 @@ on the device the coordinates live on: CPU here, CUDA on the vehicle. Two forms:
   plus a trailing sentinel that reads the zero pad row) and one position table saying where each
   output's contributions lie in the concatenation of the per-offset products. The graph then is
   ``Y_k = X[g_k] @ W_k`` (exact FLOPs, no wasted products for empty neighbours) and
-  ``out = sum(Y[pos], axis=1)``, or, for a graph that scatters, ``out = scatter_add(Y, owner)`` with
-  ``owner`` the output row of every product row (see :mod:`lidar_ssl_core.deploy.onnx_graph`).
+  ``out = sum(Y[pos], axis=1)``, or, for a graph that scatters, ``out[owner_k] += Y_k`` per offset with
+  ``owner_k`` the output row of every product row (see :mod:`lidar_ssl_core.deploy.onnx_graph`).
 
 Levels are the U-Net's tensor strides 1, 2, 4, 8, 16; output rows of a downsampling are sorted by packed
 key exactly as :func:`~lidar_ssl_core.sparse.build_downsample_map` sorts them, so both forms agree.
@@ -56,7 +56,7 @@ class OffsetLists:
 
     flat: Tensor  # (sum(sizes),) int32
     sizes: tuple[int, ...]
-    owner: Tensor | None = None  # (sum(sizes), 1) int64: output row each product row adds into
+    owner: Tensor | None = None  # (sum(sizes), 1) int64: output row of each product row (sentinel: V)
 
     def lists(self) -> tuple[Tensor, ...]:
         return tuple(torch.split(self.flat, list(self.sizes)))
@@ -80,7 +80,8 @@ class GraphTables:
                     out[f"{kind}{stride}_g{k}"] = g
                 out[f"{kind}{stride}_pos"] = pos
                 if lists.owner is not None:
-                    out[f"{kind}{stride}_out"] = lists.owner
+                    for k, o in enumerate(torch.split(lists.owner, list(lists.sizes))):
+                        out[f"{kind}{stride}_o{k}"] = o
         return out
 
 
@@ -121,7 +122,7 @@ def _subm(coords: Tensor) -> tuple[OffsetLists, Tensor]:
     pos[out_idx, k_idx] = row.to(torch.int32)  # group 0's sentinel row (a zero product) where no hit
     flat = torch.full((k_idx.shape[0] + SUBM_VOLUME - 1,), n, dtype=torch.int32, device=dev)
     flat[row] = perm[spos[k_idx, out_idx]].to(torch.int32)
-    owner = torch.zeros((flat.shape[0], 1), dtype=torch.int64, device=dev)  # sentinels add 0 to row 0
+    owner = torch.full((flat.shape[0], 1), n, dtype=torch.int64, device=dev)  # sentinels: the dump row
     owner[row, 0] = out_idx
     return OffsetLists(flat, tuple(int(c) + 1 for c in counts.tolist()), owner), pos
 
@@ -159,7 +160,7 @@ def graph_tables(coords: Tensor) -> GraphTables:
         down_pos = torch.full((n_coarse, DOWN_VOLUME), int(counts[0]), dtype=torch.int64, device=k.device)
         down_pos[parent, k] = slot
         size_t = tuple(int(s) for s in sizes.tolist())
-        owner = torch.zeros((fine_flat.shape[0], 1), dtype=torch.int64, device=k.device)
+        owner = torch.full((fine_flat.shape[0], 1), n_coarse, dtype=torch.int64, device=k.device)
         owner[slot, 0] = parent
         down[stride] = (OffsetLists(fine_flat.to(torch.int32), size_t, owner), down_pos.to(torch.int32))
         up[stride] = (OffsetLists(parent_flat.to(torch.int32), size_t), slot.to(torch.int32))

@@ -109,6 +109,7 @@ class _UNetWriter:
     def __init__(self, net: Res16UNet, reduction: Reduction) -> None:
         self.net = net
         self.reduction = reduction
+        self._zero1 = ""
         self.g = _Graph()
         self._declared: set[str] = set()
 
@@ -141,9 +142,9 @@ class _UNetWriter:
             b = b * scale + shift
         return w, b
 
-    def _offset_products(self, x: str, c_in: int, w: Array, lists: list[str], ks: list[int]) -> str:
-        xpad = self.g.pad(x, c_in)
-        parts = [
+    def _products(self, xpad: str, w: Array, lists: list[str], ks: list[int]) -> list[str]:
+        """``Xpad[g_k] @ W_k`` for every offset: exact FLOPs (only existing pairs, plus one zero row)."""
+        return [
             self.g.op(
                 "MatMul",
                 [self.g.op("Gather", [xpad, g], "gather", axis=0), self.g.const("w", w[:, k].T)],
@@ -151,7 +152,26 @@ class _UNetWriter:
             )
             for g, k in zip(lists, ks, strict=True)
         ]
-        return self.g.op("Concat", parts, "cat", axis=0)
+
+    def _offset_products(self, x: str, c_in: int, w: Array, lists: list[str], ks: list[int]) -> str:
+        return self.g.op("Concat", self._products(self.g.pad(x, c_in), w, lists, ks), "cat", axis=0)
+
+    def _scatter_sum(self, data: str, parts: list[str], prefix: str, rows_of: str) -> str:
+        """``data`` (V + 1 rows, the last a dump row) plus each offset's products added at their output
+        rows, one ScatterND per offset: within one offset an output has at most one input, so indices are
+        unique and a multi-threaded scatter has no race; the sentinel rows land in the dump row, which is
+        cut off (the first ``rows_of`` rows are kept)."""
+        for k, part in enumerate(parts):
+            name = f"{prefix}_o{k}"
+            if name not in self._declared:
+                self._declared.add(name)
+                dims: list[str | int] = [f"{prefix}_m{k}", 1]
+                self.g.inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, dims))
+            data = self.g.op("ScatterND", [data, name, part], "scatter", reduction="add")
+        if not self._zero1:
+            self._zero1 = self.g.const("zero1", np.array([0], np.int64))
+        end = self.g.op("Shape", [rows_of], "rows", start=0, end=1)
+        return self.g.op("Slice", [data, self._zero1, end], "cut")
 
     def subm(self, x: str, level: int, conv: nn.Module, bn: nn.BatchNorm1d | None) -> str:
         w, b = self._weights(conv, bn)
@@ -165,42 +185,38 @@ class _UNetWriter:
             return self.g.op("Add", [y, self.g.const("b", b)], "bias")
         assert w.shape[1] == SUBM_VOLUME
         ks = [k for k in range(SUBM_VOLUME) if k != SUBM_CENTRE]
-        centre = self.g.op("MatMul", [x, self.g.const("wc", w[:, SUBM_CENTRE].T)], "mm")
-        cat = self._offset_products(x, c_in, w, self._lists(f"s{level}", len(ks)), ks)
+        wc = self.g.const("wc", w[:, SUBM_CENTRE].T)
+        lists = self._lists(f"s{level}", len(ks))
         if self.reduction == "scatter":
-            y = self._scatter(centre, cat, f"s{level}")
+            xpad = self.g.pad(x, c_in)
+            centre = self.g.op("MatMul", [xpad, wc], "mm")  # V + 1 rows: the last is the dump row
+            y = self._scatter_sum(centre, self._products(xpad, w, lists, ks), f"s{level}", x)
         else:
+            centre = self.g.op("MatMul", [x, wc], "mm")
+            cat = self._offset_products(x, c_in, w, lists, ks)
             pos = self._pos(f"s{level}", [f"V{level}", len(ks)])
             gathered = self.g.op("Gather", [cat, pos], "gpos", axis=0)
             y = self.g.op("Add", [centre, self.g.reduce_rows(gathered)], "add")
         return self.g.op("Add", [y, self.g.const("b", b)], "bias")
 
-    def _scatter(self, data: str, rows: str, prefix: str) -> str:
-        """``data`` plus every product row added into its output row (exact traffic; not for TensorRT)."""
-        name = f"{prefix}_out"
-        if name not in self._declared:
-            self._declared.add(name)
-            self.g.inputs.append(
-                helper.make_tensor_value_info(name, TensorProto.INT64, [f"{prefix}_rows", 1])
-            )
-        return self.g.op("ScatterND", [data, name, rows], "scatter", reduction="add")
-
     def down(self, x: str, level: int, conv: nn.Module, bn: nn.BatchNorm1d) -> str:
         w, b = self._weights(conv, bn)
         ks = list(range(DOWN_VOLUME))
-        cat = self._offset_products(x, w.shape[2], w, self._lists(f"d{level}", DOWN_VOLUME), ks)
+        lists = self._lists(f"d{level}", DOWN_VOLUME)
+        pos = self._pos(f"d{level}", [f"V{2 * level}", DOWN_VOLUME])
         if self.reduction == "scatter":
-            # zeros of the coarse level's shape: (rows of the position table, Cout)
-            pos = self._pos(f"d{level}", [f"V{2 * level}", DOWN_VOLUME])
+            # zeros of (coarse voxels + 1 dump row, Cout); the position table gives the coarse count
             shape = self.g.op("Shape", [pos], "shape", start=0, end=1)
+            one = self.g.const("one", np.array([1], np.int64))
             cols = self.g.const("cols", np.array([w.shape[0]], np.int64))
-            dims = self.g.op("Concat", [shape, cols], "dims", axis=0)
+            dims = self.g.op("Concat", [self.g.op("Add", [shape, one], "plus1"), cols], "dims", axis=0)
             zero = self.g.op(
                 "ConstantOfShape", [dims], "zeros", value=numpy_helper.from_array(np.zeros(1, np.float32))
             )
-            y = self._scatter(zero, cat, f"d{level}")
+            parts = self._products(self.g.pad(x, w.shape[2]), w, lists, ks)
+            y = self._scatter_sum(zero, parts, f"d{level}", pos)
         else:
-            pos = self._pos(f"d{level}", [f"V{2 * level}", DOWN_VOLUME])
+            cat = self._offset_products(x, w.shape[2], w, lists, ks)
             y = self.g.reduce_rows(self.g.op("Gather", [cat, pos], "gpos", axis=0))
         return self.g.op("Add", [y, self.g.const("b", b)], "bias")
 

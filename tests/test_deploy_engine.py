@@ -1,0 +1,155 @@
+"""One engine, several backends: same labels (>= 99.9 % of points) and close scores on real scans.
+
+Score tolerance: 1e-4 absolute between eager torch and the fp32 ONNX graphs (both forms), i.e. float32
+summation-order noise; TensorRT FP16 on a GPU: 2e-2 (and the label agreement bound).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lidar_ssl_core.bag import BagReader
+from lidar_ssl_core.config import VoxelConfig
+from lidar_ssl_core.deploy.demo import random_segmentation_checkpoint
+from lidar_ssl_core.deploy.engine import STAGES, SegmentationEngine, load_engine
+from lidar_ssl_core.deploy.kernel_maps import graph_tables, portable_cache
+from lidar_ssl_core.deploy.ort_backend import OnnxRuntimeBackend
+from lidar_ssl_core.deploy.preprocess import prepare_cloud
+from lidar_ssl_core.downstream.classes import SYNTHETIC
+from lidar_ssl_core.msg import cloud_to_pointcloud
+from lidar_ssl_core.resources import default_bag
+from lidar_ssl_core.types import PointCloud
+
+LABEL_AGREEMENT = 0.999
+SCORE_TOL_FP32 = 1e-4
+SCORE_TOL_FP16 = 2e-2
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_segmentation_checkpoint(tmp_path_factory.mktemp("m") / "tiny.pt", SYNTHETIC, seed=1)
+
+
+@pytest.fixture(scope="module")
+def engines(checkpoint: Path) -> dict[str, SegmentationEngine]:
+    torch_engine = load_engine(checkpoint, "torch")
+    ort = load_engine(checkpoint, "onnxruntime", threads=1)
+    gather = SegmentationEngine(
+        torch_engine.spec,
+        OnnxRuntimeBackend(torch_engine.spec, torch.device("cpu"), reduction="gather", threads=1),
+    )
+    return {"torch": torch_engine, "onnxruntime": ort, "onnxruntime-gather": gather}
+
+
+def _bag_sweep() -> PointCloud:
+    with BagReader(default_bag()) as reader:
+        message = next(iter(reader.messages(["/lidar/points"])))
+    return cloud_to_pointcloud(message.msg)
+
+
+def _nuscenes(root: Path) -> np.ndarray:
+    path = sorted((root / "samples" / "LIDAR_TOP").glob("*.pcd.bin"))[0]
+    return np.fromfile(path, np.float32).reshape(-1, 5)  # x y z intensity ring
+
+
+def _kitti(root: Path) -> np.ndarray:
+    return np.fromfile(root / "sequences" / "00" / "velodyne" / "000000.bin", np.float32).reshape(-1, 4)
+
+
+def _assert_parity(engines: dict[str, SegmentationEngine], points: np.ndarray) -> None:
+    results = {name: e.segment_points(points) for name, e in engines.items()}
+    ref = results.pop("torch")
+    assert ref.num_voxels > 1000 and set(ref.timings_ms) == set(STAGES)
+    assert (ref.labels != SYNTHETIC.ignore_index).mean() > 0.99
+    for name, res in results.items():
+        agree = float((res.labels == ref.labels).mean())
+        assert agree >= LABEL_AGREEMENT, f"{name}: labels agree on {agree:.5f} of points"
+        diff = float(np.abs(res.scores - ref.scores).max())
+        assert diff <= SCORE_TOL_FP32, f"{name}: scores differ by up to {diff}"
+        assert res.labels.dtype == np.uint16 and res.scores.dtype == np.float32
+
+
+def test_parity_on_the_embedded_bag(engines: dict[str, SegmentationEngine]) -> None:
+    cloud = _bag_sweep()
+    _assert_parity(engines, np.column_stack([cloud.xyz, cloud.intensity]))
+    seg = engines["onnxruntime"].segment(cloud)  # the PointCloud entry point gives the same
+    np.testing.assert_array_equal(
+        seg.labels,
+        engines["onnxruntime"].segment_points(np.column_stack([cloud.xyz, cloud.intensity])).labels,
+    )
+
+
+def test_parity_on_a_nuscenes_scan(engines: dict[str, SegmentationEngine], nuscenes_root: Path) -> None:
+    _assert_parity(engines, _nuscenes(nuscenes_root))
+
+
+@pytest.mark.slow
+def test_parity_on_a_semantickitti_scan(
+    engines: dict[str, SegmentationEngine], semantickitti_root: Path
+) -> None:
+    _assert_parity(engines, _kitti(semantickitti_root))
+
+
+def test_spconv_cpu_forward_matches(checkpoint: Path) -> None:
+    """spconv's CPU forward (single thread) agrees with the portable backend on a real sweep."""
+    pytest.importorskip("spconv.pytorch")
+    cloud = _bag_sweep()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sp = load_engine(checkpoint, "spconv").segment(cloud)
+        ref = load_engine(checkpoint, "torch").segment(cloud)
+    finally:
+        torch.set_num_threads(threads)
+    assert float((sp.labels == ref.labels).mean()) >= LABEL_AGREEMENT
+    assert float(np.abs(sp.scores - ref.scores).max()) <= SCORE_TOL_FP32
+
+
+def test_graph_tables_match_the_portable_kernel_maps() -> None:
+    """The graph's gather lists hold exactly the portable maps' (input, output, offset) triples."""
+    cloud = _bag_sweep()
+    prep = prepare_cloud(cloud.xyz, cloud.intensity, VoxelConfig(), max_points=10**6)
+    assert prep.inputs is not None
+    coords = torch.zeros((prep.num_voxels, 4), dtype=torch.int32)
+    coords[:, 1:] = torch.from_numpy(prep.inputs.coords)
+    cache, tables = portable_cache(coords), graph_tables(coords)
+    for stride in (1, 4, 16):
+        kmap = cache.maps[("subm", stride, 3)]
+        lists, pos = tables.subm[stride]
+        n = tables.num_voxels[stride]
+        inputs = lists.flat.long()[pos.long()]  # (V, 26): input row of each (output, offset), n if none
+        out_idx, j = torch.nonzero(inputs != n, as_tuple=True)
+        k = j + (j >= 13).long()  # the centre offset is not in the tables
+        got = torch.sort((inputs[out_idx, j] * n + out_idx) * 27 + k).values
+        keep = kmap.kernel_idx != 13
+        want = torch.sort((kmap.in_idx[keep] * n + kmap.out_idx[keep]) * 27 + kmap.kernel_idx[keep]).values
+        assert torch.equal(got, want), f"stride {stride}: the pair sets differ"
+        assert lists.owner is not None
+        owner = lists.owner[:, 0]
+        rows = pos.long()[out_idx, j]
+        assert torch.equal(owner[rows], out_idx)  # each product row adds into its output
+        assert int((owner == n).sum()) == 26  # one sentinel per offset, sent to the dump row
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_gpu_parity_torch_spconv_tensorrt(checkpoint: Path, semantickitti_root: Path) -> None:
+    """On a GPU: portable torch (CUDA) vs spconv vs TensorRT FP16 on a real KITTI scan."""
+    points = _kitti(semantickitti_root)
+    ref = load_engine(checkpoint, "torch", device="cuda").segment_points(points)
+    cpu = load_engine(checkpoint, "torch").segment_points(points)
+    assert float((ref.labels == cpu.labels).mean()) >= LABEL_AGREEMENT
+    pytest.importorskip("spconv.pytorch")
+    sp = load_engine(checkpoint, "spconv", device="cuda").segment_points(points)
+    assert float((sp.labels == ref.labels).mean()) >= LABEL_AGREEMENT
+    assert float(np.abs(sp.scores - ref.scores).max()) <= 1e-3  # TF32 / atomics on GPU
+    pytest.importorskip("tensorrt")
+    trt = load_engine(checkpoint, "tensorrt", device="cuda").segment_points(points)
+    assert float((trt.labels == ref.labels).mean()) >= LABEL_AGREEMENT
+    assert float(np.abs(trt.scores - ref.scores).max()) <= SCORE_TOL_FP16
