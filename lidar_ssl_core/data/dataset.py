@@ -22,7 +22,7 @@ from lidar_ssl_core.bag.discover import expand_bags
 from lidar_ssl_core.config import DataConfig
 from lidar_ssl_core.data.bag_index import BagIndex, index_bag
 from lidar_ssl_core.data.frames import FrameLoader, ReaderPool
-from lidar_ssl_core.data.sample import SuperpixelSource, TrainingSample, build_sample
+from lidar_ssl_core.data.sample import NO_LABEL, SuperpixelSource, TrainingSample, build_sample
 from lidar_ssl_core.errors import DatasetError
 from lidar_ssl_core.resources import default_bag
 
@@ -43,6 +43,7 @@ class PairedBagDataset(Dataset[TrainingSample]):
         superpixels: SuperpixelSource | None = None,
         bags: Sequence[Path] | None = None,
         max_open_bags: int = 16,
+        weak_labels: SuperpixelSource | None = None,
     ) -> None:
         # a folder of bags (a converter's output) or a quoted glob stands for the bags it holds
         paths = expand_bags(list(bags if bags is not None else config.bags) or [default_bag()])
@@ -52,6 +53,7 @@ class PairedBagDataset(Dataset[TrainingSample]):
         # shared memory, so set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
         self.superpixels = superpixels
+        self.weak_labels = weak_labels  # class masks per image (OLIVINE), e.g. data.weak_labels.MaskFiles
         self.indexes: list[BagIndex] = [index_bag(Path(p), config) for p in paths]
         self.readers = ReaderPool(max_open_bags)
         self.loaders = [
@@ -105,6 +107,7 @@ class PairedBagDataset(Dataset[TrainingSample]):
                     superpixels=self.superpixels,
                     source=source,
                     bag=bag_name,
+                    weak_labels=self.weak_labels,
                 )
             except Exception as err:  # one bad frame must not end a long job: replace it, report it
                 log.warning("skipping frame %s (replaced by the next one): %s", source, err)
@@ -125,7 +128,8 @@ def collate(samples: Sequence[TrainingSample]) -> dict[str, Any]:
     representative point; ``point_to_voxel`` (N,); ``points`` (N, 3); ``point_batch`` (N,); ``labels``
     (N,) when every sample has them; ``images`` (I, 3, H, W) uint8; ``image_batch`` (I,);
     ``superpixels`` (I, H, W) with ids unique in the batch; ``pairing_points`` / ``pairing_voxels`` (M,);
-    ``pairing_images`` (M, 3) [image, row, col]; ``pairing_superpixels`` (M,); ``cameras`` (I,) names.
+    ``pairing_images`` (M, 3) [image, row, col]; ``pairing_superpixels`` (M,); ``cameras`` (I,) names;
+    with weak labels: ``weak_labels`` (I, H, W) class ids and ``pairing_labels`` (M,), -1 = no label.
     """
     coords, feats, p2v, points, point_batch, labels = [], [], [], [], [], []
     images, image_batch, sps = [], [], []
@@ -173,6 +177,13 @@ def collate(samples: Sequence[TrainingSample]) -> dict[str, Any]:
     }
     if len(labels) == len(samples):
         batch["labels"] = torch.from_numpy(np.concatenate(labels))
+    weak = [s.weak_labels for s in samples if s.weak_labels is not None]
+    if samples and len(weak) == len(samples):
+        maps = torch.from_numpy(np.concatenate(weak).astype(np.int64))
+        maps[maps == NO_LABEL] = -1
+        img, rc = batch["pairing_images"][:, 0], batch["pairing_images"][:, 1:]
+        batch["weak_labels"] = maps
+        batch["pairing_labels"] = maps[img, rc[:, 0], rc[:, 1]]
     if len(sps) == len(samples):
         batch["superpixels"] = torch.from_numpy(np.concatenate(sps))
         batch["pairing_superpixels"] = torch.from_numpy(np.concatenate(pair_sp))

@@ -3,10 +3,11 @@ to 0 over 50 epochs). The batch size lives in ``data.loader``; the models keep t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lidar_ssl_core.losses import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE, STForm, Tolerance
 from lidar_ssl_core.models.image_teacher import TeacherConfig
@@ -37,12 +38,92 @@ class LossOptions(_Section):
     )
 
 
+class NclrOptions(_Section):
+    """NCLR (2D-3D neural calibration, methods.md section 3). Paper values unless marked "not stated"."""
+
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (paper 1e-3; pretrain.lr is SGD's)")
+    weight_decay: float = Field(1e-3, ge=0, description="AdamW weight decay (paper 1e-3)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (not stated: torch default)")
+    rotation_range: float = Field(
+        math.pi, ge=0, description="perturbation: rotation about z ~ U[-r, r] rad (paper pi)"
+    )
+    translation_range: float = Field(
+        15.0, ge=0, description="perturbation: x and y translation ~ U[-r, r] m each (paper 15)"
+    )
+    temperature: float = Field(0.07, gt=0, description="LTA InfoNCE temperature tau (paper 0.07)")
+    weight_feature: float = Field(1.0, ge=0, description="lambda_f, LTA InfoNCE weight (paper 1.0)")
+    weight_overlap: float = Field(0.5, ge=0, description="lambda_o, overlap BCE weight (paper 0.5)")
+    weight_pose: float = Field(0.2, ge=0, description="lambda_p, Huber pose loss weight (paper 0.2)")
+    num_pairs: int = Field(
+        1024, ge=2, description="InfoNCE pairs P_S sampled per image (not stated; authors' code 1024 x B)"
+    )
+    r_p: float = Field(2.0, ge=0, description="positive margin in pixels (not stated)")
+    r_n: float = Field(8.0, ge=0, description="negative margin in pixels (not stated)")
+    image_layers: tuple[int, int, int, int] = Field(
+        (3, 4, 6, 3), description="ResNet stage depths of the image branch (not stated; ResNet-50)"
+    )
+    fpn_dim: int = Field(256, gt=0, description="FPN width (not stated; Lin et al. 256)")
+    fusion_layers: int = Field(1, ge=0, description="fusion transformer layers (not stated; code 1)")
+    fusion_heads: int = Field(4, ge=1, description="attention heads (not stated)")
+    fusion_ffn: int = Field(256, gt=0, description="feed-forward width of the fusion layers (not stated)")
+    keypoints: int = Field(4096, ge=6, description="voxels per image in the fusion N_E (code 4096)")
+    token_stride: int = Field(8, ge=4, description="image token stride of the fusion, multiple of 4")
+    overlap_threshold: float = Field(0.5, gt=0, lt=1, description="overlap score threshold (not stated)")
+    pnp_points: int = Field(128, ge=6, description="at most this many points P_o per image (code 128)")
+    pnp_min_points: int = Field(10, ge=6, description="at least this many (top scores) (code 10)")
+    match_temperature: float = Field(1.0, gt=0, description="soft matching temperature (paper: none = 1)")
+    huber_delta: float = Field(1.0, gt=0, description="Huber delta of the pose loss (not stated; code 1)")
+    max_fit_rms_px: float = Field(
+        2.0, gt=0, description="images whose ground-truth camera fit is worse (pixels) get no pose loss"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> NclrOptions:
+        if self.r_n < self.r_p:
+            raise ValueError(f"nclr.r_n ({self.r_n}) must be >= nclr.r_p ({self.r_p})")
+        if self.token_stride % 4:
+            raise ValueError(f"nclr.token_stride ({self.token_stride}) must be a multiple of 4")
+        if self.pnp_min_points > self.pnp_points:
+            raise ValueError("nclr.pnp_min_points must be <= nclr.pnp_points")
+        return self
+
+
+class OlivineOptions(_Section):
+    """OLIVINE (weak-label distillation, methods.md section 4). The paper leaves most values unstated; the
+    defaults are the authors' code where it gives one."""
+
+    mask_dir: Path | None = Field(
+        None,
+        description="weak-label masks <mask_dir>/<bag>/<camera>/<stamp>.png (class ids, 255 = none), made "
+        "offline by a vision foundation model (data/weak_labels.py); required",
+    )
+    num_classes: int = Field(16, ge=1, description="weak classes K (paper: 16 nuScenes prompts; code 17)")
+    temperature: float = Field(0.07, gt=0, description="tau of both contrastive losses (code 0.07)")
+    num_matches: int = Field(4096, ge=2, description="sampled pairs M_s per batch (code 4096)")
+    weight_ppnce: float = Field(0.5, ge=0, description="lambda_1 (not stated; code mean(L_PPNCE, L_sup))")
+    weight_sup: float = Field(0.5, ge=0, description="lambda_2 (not stated; code 0.5)")
+    weight_kl: float = Field(1.0, ge=0, description="lambda_3 (not stated; code 1)")
+    ema_alpha: float = Field(
+        0.9999, ge=0, lt=1, description="EMA coefficient alpha of the class means (code)"
+    )
+    kl_warmup_steps: int = Field(
+        10000, ge=0, description="L_kl is applied from this global step on (code: 10k-step EMA warm-up)"
+    )
+    freeze_statistics: bool = Field(
+        False, description="stop the EMA after the warm-up (code: yes; paper: updates every batch)"
+    )
+    ppnce_sampling: Literal["dcas", "uniform"] = Field(
+        "dcas", description="pairs of L_PPNCE: DCAS like L_sup (paper) or uniform (code)"
+    )
+
+
 class PretrainConfig(_Section):
     """One pretraining run."""
 
     method: str = Field(
         "slidr",
-        description="a registered method (lidar_ssl_core/train/methods/): ppkt | slidr | st-slidr | st-ppkt",
+        description="a registered method (lidar_ssl_core/train/methods/): ppkt | slidr | st-slidr | st-ppkt "
+        "| nclr | olivine",
     )
     epochs: int = Field(50, ge=1, description="training epochs; the cosine schedule reaches 0 at the last")
     lr: float = Field(0.5, gt=0, description="initial SGD learning rate")
@@ -70,6 +151,8 @@ class PretrainConfig(_Section):
     backbone: BackboneConfig = BackboneConfig()
     teacher: TeacherConfig = TeacherConfig()
     loss: LossOptions = LossOptions()
+    nclr: NclrOptions = NclrOptions()
+    olivine: OlivineOptions = OlivineOptions()
 
     @field_validator("method")
     @classmethod

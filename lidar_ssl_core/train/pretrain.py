@@ -40,7 +40,6 @@ from lidar_ssl_core.data.sample import SuperpixelSource
 from lidar_ssl_core.errors import ConfigError, LidarSslError
 from lidar_ssl_core.losses import Gather, all_gather_rows
 from lidar_ssl_core.models.unet import Res16UNet, build_backbone
-from lidar_ssl_core.superpixels import Superpixelizer
 from lidar_ssl_core.train.checkpoint import (
     FORMAT,
     LAST,
@@ -82,6 +81,8 @@ RUN_DEFINING_KEYS = (
     "backbone",
     "teacher",
     "loss",
+    "nclr",
+    "olivine",
 )
 
 
@@ -626,8 +627,8 @@ def build_pretraining(
     """Build every piece from the configs and hand them to a :class:`Pretrainer`.
 
     Models are initialised from ``config.seed`` (a randomly initialised teacher is therefore the same in a
-    resumed run). Superpixels are computed with ``data_config.superpixels`` when the method needs them and
-    no source is given.
+    resumed run). The method names the per-image sources it needs (superpixels computed with
+    ``data_config.superpixels``, weak labels); a ``superpixels`` source given here replaces the default.
     """
     if not math.isfinite(config.lr):
         raise TrainingError(f"learning rate must be finite, got {config.lr}")
@@ -643,10 +644,10 @@ def build_pretraining(
             "implementation); set pretrain.sync_batchnorm: false or train on GPUs"
         )
     torch.manual_seed(config.seed)
-    kind = method_class(config.method)
-    if superpixels is None and kind.needs_superpixels:
-        superpixels = Superpixelizer(data_config.superpixels)
-    dataset = PairedBagDataset(data_config, train=True, seed=config.seed, superpixels=superpixels, bags=bags)
+    sources = method_class(config.method).dataset_sources(config, data_config)
+    if superpixels is not None:
+        sources["superpixels"] = superpixels
+    dataset = PairedBagDataset(data_config, train=True, seed=config.seed, bags=bags, **sources)
     loader = make_pretrain_loader(
         dataset, seed=config.seed, shuffle=config.shuffle, drop_last=config.drop_last, dist=dist
     )

@@ -31,7 +31,7 @@ from lidar_ssl_core.errors import ConfigError, LidarSslError
 from lidar_ssl_core.losses.gather import Gather
 
 if TYPE_CHECKING:
-    from lidar_ssl_core.config import VoxelConfig
+    from lidar_ssl_core.config import DataConfig, VoxelConfig
     from lidar_ssl_core.train.config import PretrainConfig
 
 
@@ -73,6 +73,8 @@ class PretrainMethod(nn.Module):
     name: ClassVar[str] = ""
     needs_superpixels: ClassVar[bool] = False
     needs_weak_labels: ClassVar[bool] = False
+    #: whether the frozen 2D teacher (pretrain.teacher) is used (and so needs weights to mean anything)
+    uses_teacher: ClassVar[bool] = False
     batch_keys: ClassVar[tuple[str, ...]] = ("pairing_voxels", "pairing_images", "images")
     #: DDP: some trainable parameters may be unused in a step (e.g. a loss switched on later)
     ddp_find_unused_parameters: ClassVar[bool] = False
@@ -93,6 +95,15 @@ class PretrainMethod(nn.Module):
             elif self.needs_weak_labels:
                 hint = "; give the dataset weak labels (PairedBagDataset(weak_labels=...))"
             raise MethodError(f"method {self.name!r} needs batch keys {missing}{hint}")
+
+    @classmethod
+    def dataset_sources(cls, config: PretrainConfig, data: DataConfig) -> dict[str, Any]:
+        """Keyword arguments for the dataset: per-image sources the method needs (superpixels here)."""
+        if not cls.needs_superpixels:
+            return {}
+        from lidar_ssl_core.superpixels import Superpixelizer  # the dataset side: imported when needed
+
+        return {"superpixels": Superpixelizer(data.superpixels)}
 
     def prepare_batch(self, batch: dict[str, Any], step: StepContext) -> dict[str, Any]:
         """The batch the backbone and :meth:`forward` see; the identity unless a method changes the input."""

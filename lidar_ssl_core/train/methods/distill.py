@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 class TeacherDistillation(PretrainMethod):
     """A frozen image teacher + trainable head; subclasses give the loss of (batch, points, teacher)."""
 
+    uses_teacher = True
+
     def __init__(self, config: PretrainConfig, setup: MethodSetup) -> None:
         super().__init__(config, setup)
         self.teacher = ImageTeacher(config.teacher, student_dim=setup.student_dim)
