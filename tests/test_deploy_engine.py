@@ -116,7 +116,7 @@ def test_graph_tables_match_the_portable_kernel_maps() -> None:
     assert prep.inputs is not None
     coords = torch.zeros((prep.num_voxels, 4), dtype=torch.int32)
     coords[:, 1:] = torch.from_numpy(prep.inputs.coords)
-    cache, tables = portable_cache(coords), graph_tables(coords)
+    cache, tables, scatter = portable_cache(coords), graph_tables(coords), graph_tables(coords, "scatter")
     for stride in (1, 4, 16):
         kmap = cache.maps[("subm", stride, 3)]
         lists, pos = tables.subm[stride]
@@ -128,8 +128,9 @@ def test_graph_tables_match_the_portable_kernel_maps() -> None:
         keep = kmap.kernel_idx != 13
         want = torch.sort((kmap.in_idx[keep] * n + kmap.out_idx[keep]) * 27 + kmap.kernel_idx[keep]).values
         assert torch.equal(got, want), f"stride {stride}: the pair sets differ"
-        assert lists.owner is not None
-        owner = lists.owner[:, 0]
+        owners = scatter.subm[stride][0].owner
+        assert owners is not None and torch.equal(scatter.subm[stride][0].flat, lists.flat)
+        owner = owners[:, 0]
         rows = pos.long()[out_idx, j]
         assert torch.equal(owner[rows], out_idx)  # each product row adds into its output
         assert int((owner == n).sum()) == 26  # one sentinel per offset, sent to the dump row

@@ -157,15 +157,16 @@ def load_engine(
 ) -> SegmentationEngine:
     """A ready engine for a model package folder or a segmentation checkpoint (.pt).
 
-    ``threads`` sets the CPU threads (torch's global setting for ``torch``/``spconv``, the session's
-    for ``onnxruntime``). A package is verified first (manifest, hashes, format version).
+    ``threads`` sets the CPU threads: torch's (process-wide) setting, which runs the kernel maps and the
+    eager networks, and the ONNX Runtime session's. A package is verified first (manifest, hashes,
+    format version).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     path = Path(model)
     dev = resolve_device(device)
-    if threads is not None and backend in ("torch", "spconv"):
-        torch.set_num_threads(max(1, int(threads)))
+    if threads is not None and backend != "tensorrt":
+        torch.set_num_threads(max(1, int(threads)))  # torch runs the network and/or the kernel maps
     spec, package = _load_spec(path)
     impl = make_backend(spec, backend, dev, threads, package)
     log.info(

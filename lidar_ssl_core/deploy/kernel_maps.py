@@ -104,7 +104,7 @@ def _key_deltas(offsets: Tensor) -> Tensor:
     return pack_keys(zeros, offsets) - pack_keys(zeros, torch.zeros_like(offsets))
 
 
-def _subm(coords: Tensor) -> tuple[OffsetLists, Tensor]:
+def _subm(coords: Tensor, form: str) -> tuple[OffsetLists, Tensor]:
     """Submanifold 3x3x3 lists and position table at one level (coords (V, 3) int64, unique)."""
     n = coords.shape[0]
     dev = coords.device
@@ -118,13 +118,20 @@ def _subm(coords: Tensor) -> tuple[OffsetLists, Tensor]:
     k_idx, out_idx = hit.nonzero(as_tuple=True)  # row-major: grouped by offset, outputs ascending
     counts = torch.bincount(k_idx, minlength=SUBM_VOLUME - 1)
     row = torch.arange(k_idx.shape[0], device=dev) + k_idx  # one sentinel row after each group
-    pos = torch.full((n, SUBM_VOLUME - 1), int(counts[0]), dtype=torch.int32, device=dev)
-    pos[out_idx, k_idx] = row.to(torch.int32)  # group 0's sentinel row (a zero product) where no hit
+    # the scatter form needs no position table (only its row count is read): a (V, 0) placeholder
+    pos = torch.full(
+        (n, SUBM_VOLUME - 1 if form == "gather" else 0), int(counts[0]), dtype=torch.int32, device=dev
+    )
+    if form == "gather":
+        pos[out_idx, k_idx] = row.to(torch.int32)  # group 0's sentinel row (a zero product) where no hit
     flat = torch.full((k_idx.shape[0] + SUBM_VOLUME - 1,), n, dtype=torch.int32, device=dev)
     flat[row] = perm[spos[k_idx, out_idx]].to(torch.int32)
+    sizes = tuple(int(c) + 1 for c in counts.tolist())
+    if form == "gather":
+        return OffsetLists(flat, sizes), pos
     owner = torch.full((flat.shape[0], 1), n, dtype=torch.int64, device=dev)  # sentinels: the dump row
     owner[row, 0] = out_idx
-    return OffsetLists(flat, tuple(int(c) + 1 for c in counts.tolist()), owner), pos
+    return OffsetLists(flat, sizes, owner), pos
 
 
 def _down(coords: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -137,8 +144,11 @@ def _down(coords: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
     return parent, k, unpack_keys(out_keys)[:, 1:].to(torch.int64), int(out_keys.shape[0])
 
 
-def graph_tables(coords: Tensor) -> GraphTables:
-    """All graph inputs except the features, for level-1 coords (V, 3) or (V, 4) (batch column dropped)."""
+def graph_tables(coords: Tensor, form: str = "gather") -> GraphTables:
+    """All graph inputs except the features, for level-1 coords (V, 3) or (V, 4) (batch column dropped).
+
+    ``form``: ``"gather"`` builds the position tables the gather-sum graph reads (TensorRT),
+    ``"scatter"`` the per-offset output rows the scatter-add graph reads (ONNX Runtime)."""
     current = (coords[:, 1:] if coords.shape[1] == 4 else coords).to(torch.int64)
     subm: dict[int, tuple[OffsetLists, Tensor]] = {}
     down: dict[int, tuple[OffsetLists, Tensor]] = {}
@@ -147,7 +157,7 @@ def graph_tables(coords: Tensor) -> GraphTables:
     for stride in LEVELS:
         n = current.shape[0]
         counts_by_level[stride] = n
-        subm[stride] = _subm(current)
+        subm[stride] = _subm(current, form)
         if stride == LEVELS[-1]:
             break
         parent, k, coarse, n_coarse = _down(current)
@@ -160,8 +170,10 @@ def graph_tables(coords: Tensor) -> GraphTables:
         down_pos = torch.full((n_coarse, DOWN_VOLUME), int(counts[0]), dtype=torch.int64, device=k.device)
         down_pos[parent, k] = slot
         size_t = tuple(int(s) for s in sizes.tolist())
-        owner = torch.full((fine_flat.shape[0], 1), n_coarse, dtype=torch.int64, device=k.device)
-        owner[slot, 0] = parent
+        owner = None
+        if form == "scatter":
+            owner = torch.full((fine_flat.shape[0], 1), n_coarse, dtype=torch.int64, device=k.device)
+            owner[slot, 0] = parent
         down[stride] = (OffsetLists(fine_flat.to(torch.int32), size_t, owner), down_pos.to(torch.int32))
         up[stride] = (OffsetLists(parent_flat.to(torch.int32), size_t), slot.to(torch.int32))
         current = coarse

@@ -82,12 +82,13 @@ class OnnxRuntimeBackend:
                     f"{ort.get_available_providers()}); use device 'cpu' or install onnxruntime-gpu"
                 )
             providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        self.reduction = "scatter" if reduction == "scatter" else "gather"
         graph = onnx_bytes_for(spec, package, reduction)
         self.session = ort.InferenceSession(graph, options, providers=providers)
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     def kernel_maps(self, coords: Tensor) -> GraphTables:
-        return graph_tables(coords)
+        return graph_tables(coords, self.reduction)
 
     def network(self, features: Tensor, coords: Tensor, maps: Any) -> Tensor:
         feeds: dict[str, Any] = {"features": features.detach().cpu().numpy()}
