@@ -8,6 +8,7 @@ start the nodes with exactly these parameters.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "lidar_ssl"))
 
-from lidar_ssl.testing import PACKAGE_DIR, LaunchStub, entry_points  # noqa: E402
+from lidar_ssl.testing import PACKAGE_DIR, LaunchStub, entry_points, evaluate  # noqa: E402
 
 from lidar_ssl_core.live.config import PretrainNodeConfig, SegmenterConfig  # noqa: E402
 from lidar_ssl_core.record.config import PlayerConfig, RecorderConfig  # noqa: E402
@@ -31,7 +32,11 @@ NODE_MODELS: dict[str, type[BaseModel]] = {
     "segmenter": SegmenterConfig,
 }
 LAUNCH_FILES = sorted((PACKAGE_DIR / "launch").glob("*.launch.py"))
-LAUNCH_ARGS = {"segment.launch.py": {"model": "model.pt", "bag": "rosbags/synthetic_sample"}}
+LAUNCH_ARGS = {
+    "segment.launch.py": {"model": "model.pt", "bag": "rosbags/synthetic_sample"},
+    "view.launch.py": {"bag": "runs/segmented"},
+}
+VIEWERS = {("rviz2", "rviz2"), ("foxglove_bridge", "foxglove_bridge")}
 
 
 def test_the_package_ships_the_three_launch_files_and_the_top_level_folder_points_to_them() -> None:
@@ -50,7 +55,12 @@ def test_launch_file_names_entry_points_and_declared_parameters(path: Path) -> N
     points = entry_points()
     for node in stub.nodes:
         executable = str(node.kwargs["executable"])
-        assert node.kwargs["package"] == "lidar_ssl"
+        if node.kwargs["package"] != "lidar_ssl":  # viewers (view.launch.py): their config files exist
+            assert (node.kwargs["package"], executable) in VIEWERS
+            for arg in node.kwargs.get("arguments", []):  # type: ignore[attr-defined]
+                value = str(evaluate(arg, args))
+                assert not value.startswith(str(PACKAGE_DIR)) or Path(value).is_file(), value
+            continue
         assert executable in points, f"{path.name}: {executable} is not an entry point of lidar_ssl"
         model = NODE_MODELS[executable]
         files, values = node.parameters(args)
@@ -98,6 +108,21 @@ def test_nodes_declare_their_model_as_described_parameters(monkeypatch: pytest.M
                 node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_viewer_configs_show_the_segmentation_topics() -> None:
+    rviz = yaml.safe_load((PACKAGE_DIR / "rviz" / "lidar_ssl.rviz").read_text())
+    displays = {d["Topic"]["Value"]: d for d in rviz["Visualization Manager"]["Displays"] if "Topic" in d}
+    assert displays["/lidar/segmentation"]["Color Transformer"] == "RGB8"  # lidar-ssl segment output
+    assert displays["/segmenter/colored"]["Color Transformer"] == "RGB8"  # the live node
+    layout = json.loads((PACKAGE_DIR / "foxglove" / "lidar_ssl.json").read_text())
+    topics = layout["configById"]["3D!seg"]["topics"]
+    assert topics["/lidar/segmentation"]["colorMode"] == topics["/segmenter/colored"]["colorMode"] == "rgb"
+    view = LaunchStub(PACKAGE_DIR / "launch" / "view.launch.py")
+    for viewer, package in (("rviz", "rviz2"), ("foxglove", "foxglove_bridge")):
+        args = view.launch_args(bag="runs/segmented", viewer=viewer)
+        assert {str(n.kwargs["package"]) for n in view.nodes if n.enabled(args)} == {"lidar_ssl", package}
+    assert not any(n.enabled(view.launch_args()) for n in view.nodes if n.kwargs["package"] == "lidar_ssl")
 
 
 def test_package_xml_declares_the_run_dependencies() -> None:

@@ -51,7 +51,9 @@ class RecorderConfig(_Params):
         0.5, ge=0, description="how long a sample waits for its scan's confidence once the topic is live"
     )
     sync_slop_s: float = Field(0.05, gt=0, description="max |t_camera - t_lidar| of a synchronized sample")
-    sync_queue_size: int = Field(8, ge=1, description="images kept per camera while waiting for sweeps")
+    sync_queue_size: int = Field(
+        24, ge=1, description="images kept per camera while waiting for sweeps (24 = 2 s at 12 Hz)"
+    )
     require_all_cameras: bool = Field(False, description="drop a sweep unless every camera matched")
     keyframe_hz: float = Field(2.0, ge=0, description="max rate of routine keyframes (0 = keep every sample)")
     min_travel_m: float = Field(0.0, ge=0, description="min ego travel between keyframes when poses exist")
