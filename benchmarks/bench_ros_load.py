@@ -32,6 +32,12 @@ CAMERAS = ["front", "front_left", "front_right", "back", "back_left", "back_righ
 N_POINTS = 34_720  # a nuScenes sweep
 
 
+def synchronizable(n_lidar: int, n_camera: int, slop_ms: float = 50.0) -> int:
+    """Sweeps (10 Hz from t0) with a camera frame (12 Hz from t0, ``n_camera`` of them) within slop."""
+    cams = np.arange(n_camera) * 1000.0 / 12
+    return sum(bool(n_camera) and float(np.abs(cams - i * 100.0).min()) <= slop_ms for i in range(n_lidar))
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -197,7 +203,9 @@ def bench_recorder(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> 
     inputs = next((v for k, v in diag.items() if k.endswith("inputs")), {})
     sync = next((v for k, v in diag.items() if k.endswith("synchronization")), {})
     writer = next((v for k, v in diag.items() if k.endswith("writer")), {})
-    print(f"recorder: {published}; sweeps in shards: {sweeps}")
+    counts = dict(kv.split("=") for kv in published.split()[1:])
+    expected = synchronizable(int(counts["lidar"]), int(counts["camera_frames"]))
+    print(f"recorder: {published}; synchronizable sweeps: {expected}; sweeps in shards: {sweeps}")
     print(f"  recorder CPU share: {(cpu1 - cpu0) / (wall1 - wall0):.2f} cores over {wall1 - wall0:.0f} s")
     print(f"  input rates (last diagnostics): {inputs}")
     print(f"  sync (last diagnostics): {sync}")
