@@ -1,11 +1,11 @@
 """Learning-signal benchmark: does image-to-LiDAR pretraining give the backbone anything a probe can use?
 
 On the synthetic world (several training drives, one held-out validation drive, per-point ground truth):
-pretrain the same backbone with PPKT, SLidR and ST-SLidR from the label-free filterbank teacher
-(``lidar_ssl_core/models/filterbank.py``), then linear-probe each one (frozen backbone and BatchNorm,
-point-wise linear head; the protocol's lr 0.05 and 50 epochs, on features computed once without
-augmentation) and a randomly initialised backbone the same way, and report the validation mIoU of every
-probe. All on CPU; the default sizes take well under an hour on 2 cores.
+pretrain the same backbone with PPKT, SLidR, ST-SLidR and ScaLR-style feature distillation from the
+label-free filterbank teacher (``lidar_ssl_core/models/filterbank.py``), then linear-probe each one
+(frozen backbone and BatchNorm, point-wise linear head; the protocol's lr 0.05 and 50 epochs, on
+features computed once without augmentation) and a randomly initialised backbone the same way, and report
+the validation mIoU of every probe. All on CPU; the default sizes take well under an hour on 2 cores.
 
     python benchmarks/bench_learning_signal.py                 # the table in docs/downstream-evaluation.md
     python benchmarks/bench_learning_signal.py --quick         # a few minutes, for a smoke test
@@ -32,20 +32,35 @@ from lidar_ssl_core.downstream.train import SegmentationTrainer
 from lidar_ssl_core.models.unet import BackboneConfig
 from lidar_ssl_core.synth import preset
 from lidar_ssl_core.synth.bagfile import write_synthetic_bag
+from lidar_ssl_core.synth.weak_masks import write_weak_masks
 from lidar_ssl_core.train import PretrainConfig, build_pretraining
 
 log = logging.getLogger("bench_learning_signal")
 
 
-def make_world(out: Path, n_train: int, frames: int) -> tuple[list[Path], list[Path]]:
-    """Training drives (seeds 101..) and one validation drive (seed 900), generated once and cached."""
-    train, val = [], []
+def make_world(out: Path, n_train: int, frames: int, *, masks: bool = False) -> tuple[list[Path], list[Path]]:
+    """Training drives (seeds 101..) and one validation drive (seed 900), generated once and cached; with
+    ``masks``, the noisy weak-label masks of the training drives too (OLIVINE; synth/weak_masks.py)."""
+    train: list[Path] = []
+    val: list[Path] = []
     for i, seed in enumerate([*range(101, 101 + n_train), 900]):
         path = out / "world" / (f"train_{seed}" if i < n_train else f"val_{seed}")
+        config = preset("sample", n_frames=frames, seed=seed)
         if not path.exists():
-            write_synthetic_bag(path, preset("sample", n_frames=frames, seed=seed))
+            write_synthetic_bag(path, config)
+        if masks and i < n_train and not (out / "masks" / path.name).exists():
+            write_weak_masks(config, path.name, out / "masks")
         (train if i < n_train else val).append(path)
     return train, val
+
+
+#: per-method settings of the benchmark: NCLR's image branch at a CPU size, OLIVINE's synthetic masks
+def method_settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    if method == "nclr":  # the whole ResNet-50 + FPN would dominate a CPU run; AdamW at the paper's lr
+        return {"nclr": {"image_layers": (1, 1, 1, 1), "fpn_dim": 64, "keypoints": 1024, "num_pairs": 512}}
+    if method == "olivine":  # the synthetic classes; the warm-up scaled to the short run
+        return {"olivine": {"mask_dir": args.out / "masks", "num_classes": 10, "kl_warmup_steps": 20}}
+    return {}
 
 
 def data_config(bags: list[Path], batch_size: int, workers: int) -> DataConfig:
@@ -70,6 +85,7 @@ def pretrain(method: str, args: argparse.Namespace, data: DataConfig, run: Path)
             "seed": args.seed,
             "backbone": {"preset": args.backbone},
             "teacher": {"arch": "filterbank"},
+            **method_settings(method, args),
         }
     )
     trainer = build_pretraining(cfg, data, device="cpu")
@@ -131,7 +147,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=["ppkt", "slidr", "st-slidr"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["ppkt", "slidr", "st-slidr", "scalr"],
+        help="scalr and nclr use their own AdamW (pretrain.scalr.lr, pretrain.nclr.lr), not "
+        "--pretrain-lr; also: nclr, olivine (weak-label masks are generated for it)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole chain")
     args = parser.parse_args()
     if args.quick:
@@ -142,7 +164,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    train_bags, val_bags = make_world(args.out, args.train_drives, args.frames)
+    train_bags, val_bags = make_world(
+        args.out, args.train_drives, args.frames, masks="olivine" in args.methods
+    )
     data = data_config(train_bags, args.batch_size, args.workers)
     train = index_labelled_sweeps(train_bags, data).sweeps
     val = index_labelled_sweeps(val_bags, data).sweeps

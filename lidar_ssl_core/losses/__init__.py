@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from lidar_ssl_core.errors import LossInputError
 from lidar_ssl_core.losses.gather import Gather, all_gather_rows
-from lidar_ssl_core.losses.infonce import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE, infonce, sample_pairs
+from lidar_ssl_core.losses.infonce import (
+    DEFAULT_NUM_MATCHES,
+    DEFAULT_TEMPERATURE,
+    LossDetails,
+    infonce,
+    sample_pairs,
+)
 from lidar_ssl_core.losses.ppkt import gather_pixel_features, ppkt_loss
 from lidar_ssl_core.losses.slidr import PooledSuperpixels, pool_image_features, pool_superpixels, slidr_loss
 from lidar_ssl_core.losses.st_slidr import (
+    ST_PPKT_DEFAULTS,
     STForm,
     Tolerance,
+    TolerantOptions,
+    VoteNorm,
     class_agnostic_weights,
+    semantically_tolerant_details,
     semantically_tolerant_loss,
+    st_ppkt_details,
     st_ppkt_loss,
+    st_slidr_details,
     st_slidr_loss,
     teacher_similarity,
 )
@@ -20,11 +32,15 @@ from lidar_ssl_core.losses.st_slidr import (
 __all__ = [
     "DEFAULT_NUM_MATCHES",
     "DEFAULT_TEMPERATURE",
+    "ST_PPKT_DEFAULTS",
     "Gather",
+    "LossDetails",
     "LossInputError",
     "PooledSuperpixels",
     "STForm",
     "Tolerance",
+    "TolerantOptions",
+    "VoteNorm",
     "all_gather_rows",
     "class_agnostic_weights",
     "gather_pixel_features",
@@ -33,9 +49,12 @@ __all__ = [
     "pool_superpixels",
     "ppkt_loss",
     "sample_pairs",
+    "semantically_tolerant_details",
     "semantically_tolerant_loss",
     "slidr_loss",
+    "st_ppkt_details",
     "st_ppkt_loss",
+    "st_slidr_details",
     "st_slidr_loss",
     "teacher_similarity",
 ]

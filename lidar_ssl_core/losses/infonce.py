@@ -3,9 +3,17 @@
 Conventions (all losses): anchors are the **point** (voxel) embeddings ``q`` (rows), targets the **pixel**
 embeddings ``k`` (columns), as in the SLidR code's ``CrossEntropy((k q^T)/tau, arange)`` with point features
 first. Everything is vectorised torch, device- and dtype-agnostic.
+
+Argument order (every batch-level loss): the tensors positionally, in the order student point features,
+trainable pixel embeddings, frozen teacher features, ``pairing_points``, ``pairing_images``,
+``superpixels``, ``pairing_superpixels`` (each loss takes the ones it needs); every setting keyword-only
+(a typed options object where there are several), then ``generator`` and ``gather``. The ``*_details``
+variants return a :class:`LossDetails` with the per-anchor terms instead of the scalar alone.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +22,26 @@ from lidar_ssl_core.errors import LossInputError
 
 DEFAULT_TEMPERATURE = 0.07  # SLidR / ST-SLidR code (NCE_temperature)
 DEFAULT_NUM_MATCHES = 4096  # PPKT pairs per batch (num_matches)
+
+
+@dataclass(frozen=True)
+class LossDetails:
+    """Per-anchor diagnostics of a loss (all rows in the same order; A kept anchors).
+
+    loss: the scalar (what the plain function returns); per_anchor: (A,) each kept anchor's term;
+    weights: (A,) balancing weights, None for a plain mean; anchors: (A,) which candidates were kept
+    (superpixel ids for superpixel losses, sampled pair indices for pair losses, rows of q for the q/k-level
+    functions; under ``gather``, indices into the gathered rows); dropped: (D,) the candidates dropped for
+    having no teacher feature (same index space); kept_negatives: (A, A) bool, True where j stays a negative
+    of anchor i (diagonal = the positive), None where every negative is kept.
+    """
+
+    loss: torch.Tensor
+    per_anchor: torch.Tensor
+    weights: torch.Tensor | None
+    anchors: torch.Tensor
+    dropped: torch.Tensor
+    kept_negatives: torch.Tensor | None = None
 
 
 def check_features(name: str, x: torch.Tensor, dim: int | None = None) -> None:

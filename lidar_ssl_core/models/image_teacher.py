@@ -232,6 +232,17 @@ class ImageTeacher(nn.Module):
             feats: torch.Tensor = self.backbone(x)
         return feats.float()
 
+    @property
+    def aligns_corners(self) -> bool:
+        """How input pixels map onto the frozen map: True for ResNet maps, False (patch centres) for ViTs."""
+        return not isinstance(self.backbone, Dinov2Features)
+
+    def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen pre-head map (B, C, h, w) alone, without the head (feature distillation targets)."""
+        self._check_frozen()
+        with torch.no_grad():
+            return self._backbone_features(self.normalize(images))
+
     def forward(self, images: torch.Tensor) -> TeacherOutput:
         """Images (B, 3, H, W) -> unit per-pixel features (B, out_dim, H, W) and the frozen backbone map."""
         self._check_frozen()
@@ -242,6 +253,7 @@ class ImageTeacher(nn.Module):
         # ResNet: the reference's Upsample(scale_factor=stride, align_corners=True) when H, W are multiples
         # of the stride; aligning to the input size keeps one feature per pixel otherwise. DINOv2: patch
         # centres map to pixel centres (align_corners=False), composing with the resize above.
-        vit = isinstance(self.backbone, Dinov2Features)
-        upsampled = F.interpolate(projected, size=(height, width), mode="bilinear", align_corners=not vit)
+        upsampled = F.interpolate(
+            projected, size=(height, width), mode="bilinear", align_corners=self.aligns_corners
+        )
         return TeacherOutput(F.normalize(upsampled, p=2, dim=1), feats)

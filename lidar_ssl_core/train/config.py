@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lidar_ssl_core.losses import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE, STForm, Tolerance
+from lidar_ssl_core.losses import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE, STForm, Tolerance, VoteNorm
 from lidar_ssl_core.models.image_teacher import TeacherConfig
 from lidar_ssl_core.models.unet import BackboneConfig
 
@@ -31,6 +31,16 @@ class LossOptions(_Section):
     form: STForm = Field(STForm.PAPER, description="ST: paper | authors_code")
     vote_threshold: float | None = Field(None, description="ST balancing vote threshold; None = form default")
     adaptive_k: bool = Field(False, description="ST: per-anchor K (beyond the papers)")
+    vote_norm: VoteNorm = Field(
+        VoteNorm.MINMAX,
+        description="ST balancing: minmax (v - v_min) / (v_max - v_min), the paper's text and the authors' "
+        "code; printed (v - v_min) / v_max, the paper's printed formula (weights in a narrow band)",
+    )
+    swap_teacher_axes: bool = Field(
+        False,
+        description="ST-PPKT: sample the teacher at (row, col) swapped, as the authors' released code does "
+        "(reproduction only; off = the pair's own pixel)",
+    )
     gather_negatives: bool = Field(
         False,
         description="multi-GPU: contrast against the anchors of every process "
@@ -88,6 +98,46 @@ class NclrOptions(_Section):
         return self
 
 
+class ScalrOptions(_Section):
+    """ScaLR-style feature distillation (``--method scalr``; losses/scalr.py). Paper: Puy et al. 2024 with
+    cosine_weight 0, l2_weight 1, one camera and at most 20,000 points per scan, DINOv2 ViT-L/14 pre-norm
+    features of 224x448 images, AdamW lr 2e-3 wd 0.03."""
+
+    cosine_weight: float = Field(1.0, ge=0, description="weight of 1 - cos(student, teacher)")
+    l2_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of ||s^ - t^|| of the unit vectors (ScaLR's released loss: 1, cosine 0)",
+    )
+    level: Literal["pair", "voxel"] = Field(
+        "pair",
+        description="pair: every paired point regresses its pixel (its voxel's feature); voxel: every voxel "
+        "regresses the mean target of its points",
+    )
+    cameras_per_sample: int | None = Field(
+        None, ge=1, description="random cameras per sample the teacher sees (ScaLR: 1); None = all"
+    )
+    points_per_sample: int | None = Field(
+        20000, ge=1, description="random pairs kept per sample (ScaLR: 20,000 points per scan); None = all"
+    )
+    student_head: Literal["linear", "none"] = Field(
+        "linear",
+        description="linear: a trainable map from the backbone's out_dim to the teacher width; none: the "
+        "backbone's own head must output the teacher width (ScaLR: set pretrain.backbone.out_dim)",
+    )
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="adamw with scalr.lr / scalr.weight_decay (ScaLR), or pretrain's SGD settings"
+    )
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate (ScaLR 2e-3)")
+    weight_decay: float = Field(0.03, ge=0, description="AdamW weight decay (ScaLR 0.03)")
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> ScalrOptions:
+        if self.cosine_weight + self.l2_weight == 0:
+            raise ValueError("scalr.cosine_weight and scalr.l2_weight cannot both be 0")
+        return self
+
+
 class OlivineOptions(_Section):
     """OLIVINE (weak-label distillation, methods.md section 4). The paper leaves most values unstated; the
     defaults are the authors' code where it gives one."""
@@ -123,7 +173,7 @@ class PretrainConfig(_Section):
     method: str = Field(
         "slidr",
         description="a registered method (lidar_ssl_core/train/methods/): ppkt | slidr | st-slidr | st-ppkt "
-        "| nclr | olivine",
+        "| nclr | olivine | scalr",
     )
     epochs: int = Field(50, ge=1, description="training epochs; the cosine schedule reaches 0 at the last")
     lr: float = Field(0.5, gt=0, description="initial SGD learning rate")
@@ -151,6 +201,7 @@ class PretrainConfig(_Section):
     backbone: BackboneConfig = BackboneConfig()
     teacher: TeacherConfig = TeacherConfig()
     loss: LossOptions = LossOptions()
+    scalr: ScalrOptions = ScalrOptions()
     nclr: NclrOptions = NclrOptions()
     olivine: OlivineOptions = OlivineOptions()
 

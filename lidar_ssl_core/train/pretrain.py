@@ -83,6 +83,7 @@ RUN_DEFINING_KEYS = (
     "loss",
     "nclr",
     "olivine",
+    "scalr",
 )
 
 

@@ -30,9 +30,9 @@ class STPPKT(TeacherDistillation):
             teacher.backbone_features,
             batch["pairing_voxels"],
             batch["pairing_images"],
+            options=tolerance_options(options, balance=options.ppkt_balance),
             num_matches=options.num_matches,
+            swap_teacher_axes=options.swap_teacher_axes,
             generator=step.generator,
-            balance=options.ppkt_balance,
             gather=step.gather,
-            **tolerance_options(options),
         )

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from lidar_ssl_core.losses import st_slidr_loss
+from lidar_ssl_core.losses import TolerantOptions, st_slidr_loss
 from lidar_ssl_core.models.image_teacher import TeacherOutput
 from lidar_ssl_core.train.config import LossOptions
 from lidar_ssl_core.train.methods.base import StepContext, register
@@ -15,17 +15,19 @@ from lidar_ssl_core.train.methods.distill import TeacherDistillation
 from lidar_ssl_core.train.methods.slidr import SUPERPIXEL_KEYS
 
 
-def tolerance_options(options: LossOptions) -> dict[str, Any]:
+def tolerance_options(options: LossOptions, *, balance: bool) -> TolerantOptions:
     """The semantically tolerant loss settings shared by ST-SLidR and ST-PPKT."""
-    return {
-        "temperature": options.temperature,
-        "tolerance": options.tolerance,
-        "k_fraction": options.k_fraction,
-        "alpha_min": options.alpha_min,
-        "form": options.form,
-        "vote_threshold": options.vote_threshold,
-        "adaptive_k": options.adaptive_k,
-    }
+    return TolerantOptions(
+        temperature=options.temperature,
+        tolerance=options.tolerance,
+        k_fraction=options.k_fraction,
+        alpha_min=options.alpha_min,
+        balance=balance,
+        form=options.form,
+        vote_threshold=options.vote_threshold,
+        vote_norm=options.vote_norm,
+        adaptive_k=options.adaptive_k,
+    )
 
 
 @register
@@ -48,7 +50,6 @@ class STSLidR(TeacherDistillation):
             batch["pairing_images"],
             batch["superpixels"],
             batch["pairing_superpixels"],
-            balance=options.balance,
+            options=tolerance_options(options, balance=options.balance),
             gather=step.gather,
-            **tolerance_options(options),
         )
