@@ -132,7 +132,10 @@ def _extrinsic(rig: RigCalibration, frame: str, stamp_ns: int, cfg: Config) -> s
     import math
 
     base = rig.base_frame
-    T = rig.buffer.lookup(base, frame, stamp_ns)
+    try:
+        T = rig.buffer.lookup(base, frame, stamp_ns)
+    except LidarSslError as err:  # e.g. a /tf chain that does not cover the first sweep: say so, go on
+        return f"extrinsic {base} <- {frame}: not available at the first sweep ({err})"
     R = T[:3, :3]
     rpy = (
         math.degrees(math.atan2(R[2, 1], R[2, 2])),
@@ -403,8 +406,11 @@ CPU_HINT = (
 def _check_pretraining_setup(cfg: Config, device: torch.device) -> None:
     """Refuse a pretraining that cannot mean anything (a random-weight image teacher, unless
     ``pretrain.teacher.allow_random``), and say which configuration fits a CPU-only machine."""
+    from lidar_ssl_core.train.methods import method_class
+
     teacher, cpu = cfg.pretrain.teacher, device.type == "cpu"
-    if teacher.arch == "resnet50" and teacher.weights is None and not teacher.allow_random:
+    uses_teacher = method_class(cfg.pretrain.method).uses_teacher  # NCLR trains its own image branch
+    if uses_teacher and teacher.arch == "resnet50" and teacher.weights is None and not teacher.allow_random:
         raise ConfigError(
             "pretrain.teacher.weights is not set: a randomly initialised ResNet-50 teacher teaches "
             "nothing. Give self-supervised weights (`pretrain.teacher.weights: PATH`, or "

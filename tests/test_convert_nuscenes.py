@@ -20,7 +20,8 @@ import yaml
 
 pytest.importorskip("nuscenes", reason="nuscenes-devkit is not installed (project extra 'convert')")
 
-from lidar_ssl_core.bag.reader import BagReader
+from lidar_ssl_core.bag.reader import BagReader, read_custom_data
+from lidar_ssl_core.bag_formats import CLASS_MAP_KEY
 from lidar_ssl_core.config import DataConfig
 from lidar_ssl_core.convert import ConvertOptions, convert_nuscenes
 from lidar_ssl_core.convert.nuscenes import camera_name, nus_transform
@@ -107,6 +108,7 @@ def test_round_trip_points_images_calibration(converted: Path, nuscenes_root: Pa
     assert pts.dtype["ring"] == np.uint16
     np.testing.assert_array_equal(pts["ring"], raw[:, 4].astype(np.uint16))
     assert "label" not in (pts.dtype.names or ())  # the fixture has no lidarseg
+    assert CLASS_MAP_KEY not in read_custom_data(converted)  # no labels: no class map recorded
 
     # /tf_static: extrinsics exactly the calibrated_sensor records; transient-local QoS
     (static_msg,) = by_topic["/tf_static"]
@@ -260,6 +262,7 @@ def test_lidarseg_labels_sweeps_and_a_broken_scene(nuscenes_root: Path, tmp_path
     assert len(clouds) == 2
     assert clouds[0].dtype["label"] == np.uint16
     np.testing.assert_array_equal(clouds[0]["label"], labels)  # raw 32-class ids, unchanged
+    assert read_custom_data(out / "scene-0061") == {CLASS_MAP_KEY: "nuscenes"}  # probe picks the map
     assert "label" not in (clouds[1].dtype.names or ())
     np.testing.assert_array_equal(clouds[1]["x"], sweep_pts[:, 0])
 

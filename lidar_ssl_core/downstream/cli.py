@@ -87,8 +87,9 @@ def _train(
 
     cfg = _config(config, sets, overrides)
     train_bags = list(cfg.downstream.train_bags or cfg.data.bags or (default_bag(),))
-    map_source = "downstream.class_map"
-    if "class_map" not in cfg.downstream.model_fields_set:  # not set explicitly: the bags may say
+    explicit_map = "class_map" in cfg.downstream.model_fields_set
+    map_source = "downstream.class_map" if explicit_map else "the default"
+    if not explicit_map:  # the bags may say
         recorded = recorded_class_map([*train_bags, *cfg.downstream.val_bags])
         if recorded is not None:
             cfg = cfg.model_copy(
