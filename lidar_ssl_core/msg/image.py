@@ -130,7 +130,8 @@ def _to_uint8(values: np.ndarray, scale16: float | Literal["auto"]) -> UInt8Imag
     """Scale a non-uint8 single/multi-channel array to uint8."""
     if values.dtype == np.uint8:
         return np.asarray(values, dtype=np.uint8)
-    v = values.astype(np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, mapped to 255 below
+        v = values.astype(np.float32)
     if scale16 == "auto":
         finite = v[np.isfinite(v)]
         full = float(finite.max()) if finite.size else 0.0

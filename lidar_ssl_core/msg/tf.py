@@ -58,7 +58,7 @@ def transform_stamped_to_transform(ts: Any) -> StampedTransform:
 def tf_message_to_transforms(msg: Any) -> list[StampedTransform]:
     """tf2_msgs/TFMessage (/tf or /tf_static) -> list of StampedTransform, in message order."""
     transforms = getattr(msg, "transforms", None)
-    if transforms is None or isinstance(transforms, str | bytes):
+    if not isinstance(transforms, Iterable) or isinstance(transforms, str | bytes):
         raise MalformedMessageError(f"TFMessage.transforms is {transforms!r}, expected a list")
     return [transform_stamped_to_transform(ts) for ts in transforms]
 
