@@ -11,11 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from lidar_ssl_core.augment import PairedSample, augment_sample
+from lidar_ssl_core.augment import PairedSample, augment_sample, random_resized_crop
 from lidar_ssl_core.bag.typestore import typestore_for
 from lidar_ssl_core.config import AugmentConfig, VoxelConfig
 from lidar_ssl_core.geometry.projection import project_cloud
-from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud, make_pointcloud2, read_cloud
+from lidar_ssl_core.msg.pointcloud2 import (
+    cloud_to_pointcloud,
+    make_pointcloud2,
+    pointcloud2_header_and_fields,
+    read_cloud,
+)
 from lidar_ssl_core.sync import LidarCameraSynchronizer
 from lidar_ssl_core.types import CameraIntrinsics, PointPixelPairs
 from lidar_ssl_core.voxels import voxelize
@@ -38,7 +43,10 @@ def main() -> None:
         "intensity": raw[:, 3],
         "ring": raw[:, 4].astype(np.uint16),
     }
-    msg = make_pointcloud2(typestore_for("jazzy"), columns, 0, "lidar_top")
+    typestore = typestore_for("jazzy")
+    msg = make_pointcloud2(typestore, columns, 0, "lidar_top")
+    pc2 = "sensor_msgs/msg/PointCloud2"
+    raw_cdr = bytes(typestore.serialize_cdr(msg, pc2))
     xyz = np.ascontiguousarray(raw[:, :3])
     big = np.concatenate([xyz] * 4)  # ~139k points, a 64-beam-sized sweep
     K = np.array([[1266.4, 0.0, 816.3], [0.0, 1266.4, 491.5], [0.0, 0.0, 1.0]])
@@ -69,8 +77,21 @@ def main() -> None:
         for i in range(6):
             sync.add_camera(f"c{i}", t + i * 8_000_000, 0)
 
+    crop_pairs = PointPixelPairs(
+        np.arange(m),
+        np.zeros(m, np.int64),
+        np.column_stack([rng.integers(0, 900, m), rng.integers(0, 1600, m)]),
+    )
     rows = [
         ("read_cloud (zero-copy view), 34,688 points", best_ms(lambda: read_cloud(msg), 200)),
+        (
+            "pointcloud2_header_and_fields (CDR prefix), 34,688 points",
+            best_ms(lambda: pointcloud2_header_and_fields(raw_cdr), 200),
+        ),
+        (
+            "rosbags deserialize_cdr (whole message), 34,688 points",
+            best_ms(lambda: typestore.deserialize_cdr(raw_cdr, pc2), 50),
+        ),
         ("cloud_to_pointcloud, 34,688 points", best_ms(lambda: cloud_to_pointcloud(msg))),
         (
             "project_cloud into one 1600x900 camera, 34,688 points",
@@ -81,6 +102,10 @@ def main() -> None:
         (
             "augment_sample, 6 cameras 1600x900 + superpixels, 30k pairs",
             best_ms(lambda: augment_sample(pairs, AugmentConfig(), np.random.default_rng(1)), 3),
+        ),
+        (
+            "random_resized_crop, one 1600x900 image + superpixels, 30k pairs",
+            best_ms(lambda: random_resized_crop(images[0], sps[0].astype(np.uint8), crop_pairs, rng), 10),
         ),
         ("synchroniser, one sweep + 6 images (7 messages)", best_ms(feed_sync, 200)),
     ]

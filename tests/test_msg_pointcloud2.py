@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import array
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -323,7 +322,7 @@ def test_encode_rejects_int64_columns() -> None:
         encode_cloud({"x": np.zeros(2, np.float32), "label": np.zeros(2, np.int64)})
 
 
-def test_nuscenes_sweep_round_trip_and_speed(nuscenes_root: Path) -> None:
+def test_nuscenes_sweep_round_trip_and_zero_copy_view(nuscenes_root: Path) -> None:
     path = next((nuscenes_root / "samples" / "LIDAR_TOP").glob("*.pcd.bin"))
     raw = np.fromfile(path, dtype=np.float32).reshape(-1, 5)
     assert raw.shape[0] == 34_688
@@ -338,12 +337,8 @@ def test_nuscenes_sweep_round_trip_and_speed(nuscenes_root: Path) -> None:
     cloud = cloud_to_pointcloud(msg)
     np.testing.assert_array_equal(cloud.xyz, raw[:, :3])
     np.testing.assert_array_equal(cloud.ring, raw[:, 4].astype(np.uint16))
-    timings = []
-    for _ in range(200):
-        t0 = time.perf_counter()
-        read_cloud(msg)
-        timings.append(time.perf_counter() - t0)
-    assert float(np.median(timings)) < 1e-3  # measured ~5 us: a view, no copy
+    view = read_cloud(msg)  # a view of the message buffer, no copy (speed: benchmarks/bench_hot_paths.py)
+    assert np.shares_memory(view, msg.data) and not view.flags.writeable
 
 
 # ------------------------------------------------------------------- serialized prefix (no deserialization)
@@ -456,25 +451,15 @@ def test_header_and_fields_garbage_raises(case: str) -> None:
         pointcloud2_header_and_fields(_garbled()[case])
 
 
-def test_header_and_fields_is_much_faster_than_deserializing() -> None:
-    """A ~35k-point profile cloud (x y z intensity ring label): the prefix costs microseconds."""
+def test_header_and_fields_of_a_full_size_profile_cloud() -> None:
+    """A ~35k-point profile cloud (x y z intensity ring label); its speed against a full deserialization is
+    a benchmark figure (benchmarks/bench_hot_paths.py), not asserted here."""
     n = 34_720
     rng = np.random.default_rng(1)
     cols = {c: rng.normal(size=n).astype(np.float32) for c in ("x", "y", "z", "intensity")}
     cols["ring"] = (np.arange(n) % 32).astype(np.uint16)
     cols["label"] = rng.integers(0, 31, n).astype(np.uint16)
     raw = bytes(TS.serialize_cdr(make_pointcloud2(TS, cols, STAMP, "lidar_top"), PC2))
-
-    def best(fn: Any, reps: int) -> float:
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn(raw)
-            times.append((time.perf_counter() - t0) / reps)
-        return min(times)
-
-    t_prefix = best(pointcloud2_header_and_fields, 200)
-    t_full = best(lambda b: TS.deserialize_cdr(b, PC2), 50)
-    assert pointcloud2_header_and_fields(raw).field_names == ("x", "y", "z", "intensity", "ring", "label")
-    assert t_prefix < t_full  # the measured ratio is in the report / docs, not asserted tightly
+    header = pointcloud2_header_and_fields(raw)
+    assert header.field_names == ("x", "y", "z", "intensity", "ring", "label")
+    assert (header.stamp_ns, header.frame_id) == (STAMP, "lidar_top")

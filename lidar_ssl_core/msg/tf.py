@@ -39,7 +39,8 @@ def transform_stamped_to_transform(ts: Any) -> StampedTransform:
             f"transform '{parent}' -> '{child}' has a non-numeric translation or rotation: {err}",
             stamp_ns=stamp_ns,
         ) from None
-    norm = float(np.linalg.norm(quat))
+    with np.errstate(over="ignore"):  # components near 1e308: an infinite norm, refused below
+        norm = float(np.linalg.norm(quat))
     if not np.all(np.isfinite(quat)) or abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
         raise MalformedMessageError(
             f"transform '{parent}' -> '{child}' has an invalid quaternion (x, y, z, w) = "
