@@ -1,5 +1,5 @@
 """ST-SLidR family corrections: anchors without a teacher feature, vote normalisation, the authors' transposed
-pixel sampling, and per-anchor diagnostics; against slow transcriptions (float64)."""
+pixel sampling, and per-anchor diagnostics (also of PPKT and SLidR); against slow transcriptions (float64)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_losses import _check, _st_inputs, _unit, slow_st_code, slow_st_paper
+from test_losses import _batch, _check, _st_inputs, _unit, slow_st_code, slow_st_paper
 
 from lidar_ssl_core.losses import (
     STForm,
     TolerantOptions,
     VoteNorm,
+    pool_superpixels,
+    ppkt_details,
+    ppkt_loss,
     semantically_tolerant_details,
     semantically_tolerant_loss,
+    slidr_details,
+    slidr_loss,
     st_ppkt_details,
     st_slidr_details,
     st_slidr_loss,
@@ -209,3 +214,20 @@ def test_st_ppkt_swapped_sampling_option_and_pair_indices() -> None:
         balance=False,
     )
     assert float(d.loss) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_ppkt_and_slidr_details() -> None:
+    b = _batch()
+    args = (b["points"], b["images"], b["pairing_points"], b["pairing_images"], b["superpixels"])
+    d = slidr_details(*args)
+    pooled = pool_superpixels(*args)
+    assert torch.equal(d.anchors, pooled.ids) and d.dropped.numel() == 0 and d.weights is None
+    assert float(d.loss.detach()) == pytest.approx(float(slidr_loss(*args).detach()), rel=1e-12)
+    assert float(d.loss.detach()) == pytest.approx(float(d.per_anchor.mean().detach()), rel=1e-12)
+    pts, pix = _unit(50, 8, seed=1), _unit(70, 8, seed=2)
+    pairing = torch.randint(0, 50, (70,), generator=torch.Generator().manual_seed(3))
+    p = ppkt_details(pts, pix, pairing, num_matches=20, generator=torch.Generator().manual_seed(7))
+    idx = torch.randperm(70, generator=torch.Generator().manual_seed(7))[:20]
+    assert torch.equal(p.anchors, idx) and p.per_anchor.shape == (20,)
+    loss = ppkt_loss(pts, pix, pairing, num_matches=20, generator=torch.Generator().manual_seed(7))
+    assert float(p.loss) == pytest.approx(float(loss), rel=1e-12)

@@ -11,8 +11,14 @@ from lidar_ssl_core.losses.infonce import (
     infonce,
     sample_pairs,
 )
-from lidar_ssl_core.losses.ppkt import gather_pixel_features, ppkt_loss
-from lidar_ssl_core.losses.slidr import PooledSuperpixels, pool_image_features, pool_superpixels, slidr_loss
+from lidar_ssl_core.losses.ppkt import gather_pixel_features, ppkt_details, ppkt_loss
+from lidar_ssl_core.losses.slidr import (
+    PooledSuperpixels,
+    pool_image_features,
+    pool_superpixels,
+    slidr_details,
+    slidr_loss,
+)
 from lidar_ssl_core.losses.st_slidr import (
     ST_PPKT_DEFAULTS,
     STForm,
@@ -47,10 +53,12 @@ __all__ = [
     "infonce",
     "pool_image_features",
     "pool_superpixels",
+    "ppkt_details",
     "ppkt_loss",
     "sample_pairs",
     "semantically_tolerant_details",
     "semantically_tolerant_loss",
+    "slidr_details",
     "slidr_loss",
     "st_ppkt_details",
     "st_ppkt_loss",

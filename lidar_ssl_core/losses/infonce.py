@@ -43,6 +43,17 @@ class LossDetails:
     dropped: torch.Tensor
     kept_negatives: torch.Tensor | None = None
 
+    def reindexed(self, index: torch.Tensor) -> LossDetails:
+        """The same details with ``anchors``/``dropped`` mapped through ``index`` (rows -> batch ids)."""
+        return LossDetails(
+            self.loss,
+            self.per_anchor,
+            self.weights,
+            index[self.anchors],
+            index[self.dropped],
+            self.kept_negatives,
+        )
+
 
 def check_features(name: str, x: torch.Tensor, dim: int | None = None) -> None:
     """Raise LossInputError unless ``x`` is a floating (N, F) matrix (with F == ``dim`` when given)."""
@@ -96,13 +107,21 @@ def infonce(
     every other row of ``k`` is a negative. The denominator includes the positive. With ``weights`` (M,) the
     mean is replaced by ``sum_i w_i L_i / sum_i w_i``. Features are used as given (normalise them beforehand).
     """
+    return reduce_weighted(infonce_details(q, k, temperature).per_anchor, weights)
+
+
+def infonce_details(
+    q: torch.Tensor, k: torch.Tensor, temperature: float = DEFAULT_TEMPERATURE
+) -> LossDetails:
+    """:func:`infonce` (unweighted) with its per-anchor terms; ``anchors`` are the rows of q."""
     check_features("q", q)
     check_features("k", k)
     check_same_shape("q", q, "k", k)
     if temperature <= 0:
         raise LossInputError(f"temperature must be > 0, got {temperature}")
     per_anchor = infonce_per_anchor(q @ k.T / temperature)
-    return reduce_weighted(per_anchor, weights)
+    rows = torch.arange(q.shape[0], device=q.device)
+    return LossDetails(per_anchor.mean(), per_anchor, None, rows, rows[:0])
 
 
 def reduce_weighted(per_anchor: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

@@ -18,9 +18,10 @@ from lidar_ssl_core.losses.gather import Gather, identity
 from lidar_ssl_core.losses.infonce import (
     DEFAULT_NUM_MATCHES,
     DEFAULT_TEMPERATURE,
+    LossDetails,
     check_features,
     check_index,
-    infonce,
+    infonce_details,
     sample_pairs,
 )
 
@@ -54,7 +55,7 @@ def gather_pixel_features(image_feats: torch.Tensor, pairing_images: torch.Tenso
     return image_feats[img, :, row, col]
 
 
-def ppkt_loss(
+def ppkt_details(
     point_feats: torch.Tensor,
     pixel_feats: torch.Tensor,
     pairing_points: torch.Tensor | None = None,
@@ -63,8 +64,10 @@ def ppkt_loss(
     temperature: float = DEFAULT_TEMPERATURE,
     generator: torch.Generator | None = None,
     gather: Gather | None = None,
-) -> torch.Tensor:
-    """PPKT loss (module docstring) on ``num_matches`` pairs sampled with ``generator``.
+) -> LossDetails:
+    """PPKT loss (module docstring) on ``num_matches`` pairs sampled with ``generator``, per anchor.
+
+    ``anchors`` are the sampled pair indices (without ``gather``; with it, rows of the gathered pairs).
 
     Args:
         point_feats: (V, F) l2-normalised point (or voxel) embeddings.
@@ -95,4 +98,27 @@ def ppkt_loss(
         )
     idx = sample_pairs(n_pairs, num_matches, generator, device=point_feats.device)
     gather = gather or identity
-    return infonce(gather(point_feats[pairing_points[idx]]), gather(pixel_feats[idx]), temperature)
+    details = infonce_details(gather(point_feats[pairing_points[idx]]), gather(pixel_feats[idx]), temperature)
+    return details if gather is not identity else details.reindexed(idx)
+
+
+def ppkt_loss(
+    point_feats: torch.Tensor,
+    pixel_feats: torch.Tensor,
+    pairing_points: torch.Tensor | None = None,
+    *,
+    num_matches: int = DEFAULT_NUM_MATCHES,
+    temperature: float = DEFAULT_TEMPERATURE,
+    generator: torch.Generator | None = None,
+    gather: Gather | None = None,
+) -> torch.Tensor:
+    """PPKT loss (module docstring); arguments as :func:`ppkt_details`."""
+    return ppkt_details(
+        point_feats,
+        pixel_feats,
+        pairing_points,
+        num_matches=num_matches,
+        temperature=temperature,
+        generator=generator,
+        gather=gather,
+    ).loss

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 
 from lidar_ssl_core.errors import LossInputError
 from lidar_ssl_core.losses.gather import Gather, identity
-from lidar_ssl_core.losses.infonce import DEFAULT_TEMPERATURE, check_features, check_index, infonce
+from lidar_ssl_core.losses.infonce import (
+    DEFAULT_TEMPERATURE,
+    LossDetails,
+    check_features,
+    check_index,
+    infonce_details,
+)
 from lidar_ssl_core.losses.ppkt import check_pairing_images
 
 
@@ -137,6 +143,36 @@ def pool_superpixels(
     return PooledSuperpixels(points=q, pixels=k, ids=ids, num_points=n_pts[ids])
 
 
+def slidr_details(
+    point_feats: torch.Tensor,
+    image_feats: torch.Tensor,
+    pairing_points: torch.Tensor,
+    pairing_images: torch.Tensor,
+    superpixels: torch.Tensor,
+    pairing_superpixels: torch.Tensor | None = None,
+    *,
+    temperature: float = DEFAULT_TEMPERATURE,
+    renormalize: bool = False,
+    gather: Gather | None = None,
+) -> LossDetails:
+    """:func:`slidr_loss` with per-anchor terms; ``anchors`` are batch superpixel ids (without ``gather``)."""
+    pooled = pool_superpixels(
+        point_feats,
+        image_feats,
+        pairing_points,
+        pairing_images,
+        superpixels,
+        pairing_superpixels,
+        renormalize=renormalize,
+    )
+    gather = gather or identity
+    q, k = gather(pooled.points), gather(pooled.pixels)
+    if q.shape[0] == 0:
+        raise LossInputError("no superpixel has a paired point: the SLidR loss is undefined for this batch")
+    details = infonce_details(q, k, temperature)
+    return details if gather is not identity else details.reindexed(pooled.ids)
+
+
 def slidr_loss(
     point_feats: torch.Tensor,
     image_feats: torch.Tensor,
@@ -154,17 +190,14 @@ def slidr_loss(
     ``gather`` (under DDP: :func:`~lidar_ssl_core.losses.gather.all_gather_rows`) contrasts the pooled
     superpixels against those of every process.
     """
-    pooled = pool_superpixels(
+    return slidr_details(
         point_feats,
         image_feats,
         pairing_points,
         pairing_images,
         superpixels,
         pairing_superpixels,
+        temperature=temperature,
         renormalize=renormalize,
-    )
-    gather = gather or identity
-    q, k = gather(pooled.points), gather(pooled.pixels)
-    if q.shape[0] == 0:
-        raise LossInputError("no superpixel has a paired point: the SLidR loss is undefined for this batch")
-    return infonce(q, k, temperature)
+        gather=gather,
+    ).loss

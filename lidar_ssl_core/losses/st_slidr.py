@@ -295,18 +295,6 @@ def semantically_tolerant_loss(
     return semantically_tolerant_details(q, k, alpha, options).loss
 
 
-def _reindex(details: LossDetails, index: torch.Tensor) -> LossDetails:
-    """The same details with ``anchors``/``dropped`` mapped through ``index`` (rows -> batch ids)."""
-    return LossDetails(
-        loss=details.loss,
-        per_anchor=details.per_anchor,
-        weights=details.weights,
-        anchors=index[details.anchors],
-        dropped=index[details.dropped],
-        kept_negatives=details.kept_negatives,
-    )
-
-
 def st_slidr_details(
     point_feats: torch.Tensor,
     image_feats: torch.Tensor,
@@ -332,7 +320,7 @@ def st_slidr_details(
             "no superpixel has a paired point: the ST-SLidR loss is undefined for this batch"
         )
     details = semantically_tolerant_details(q, k, teacher_similarity(teacher), options)
-    return details if gather is not identity else _reindex(details, pooled.ids)
+    return details if gather is not identity else details.reindexed(pooled.ids)
 
 
 def st_slidr_loss(
@@ -412,6 +400,7 @@ def st_ppkt_details(
     *,
     options: TolerantOptions = ST_PPKT_DEFAULTS,
     num_matches: int = DEFAULT_NUM_MATCHES,
+    teacher_align_corners: bool = True,
     swap_teacher_axes: bool = False,
     generator: torch.Generator | None = None,
     gather: Gather | None = None,
@@ -435,12 +424,16 @@ def st_ppkt_details(
     q = point_feats[pairing_points[idx]]
     k = gather_pixel_features(image_feats, pix)
     teacher = sample_teacher_at_pixels(
-        teacher_feats.detach(), pix, (image_feats.shape[2], image_feats.shape[3]), swap_axes=swap_teacher_axes
+        teacher_feats.detach(),
+        pix,
+        (image_feats.shape[2], image_feats.shape[3]),
+        align_corners=teacher_align_corners,
+        swap_axes=swap_teacher_axes,
     )
     gather = gather or identity
     alpha = teacher_similarity(gather(teacher))
     details = semantically_tolerant_details(gather(q), gather(k), alpha, options)
-    return details if gather is not identity else _reindex(details, idx)
+    return details if gather is not identity else details.reindexed(idx)
 
 
 def st_ppkt_loss(
@@ -452,6 +445,7 @@ def st_ppkt_loss(
     *,
     options: TolerantOptions = ST_PPKT_DEFAULTS,
     num_matches: int = DEFAULT_NUM_MATCHES,
+    teacher_align_corners: bool = True,
     swap_teacher_axes: bool = False,
     generator: torch.Generator | None = None,
     gather: Gather | None = None,
@@ -459,8 +453,9 @@ def st_ppkt_loss(
     """ST-PPKT: L_knn on ``num_matches`` sampled point-pixel pairs with pixel-to-pixel teacher similarity.
 
     Balancing is off by default (:data:`ST_PPKT_DEFAULTS`). ``teacher_feats`` (I, C, h, w) is sampled
-    bilinearly at the pairs' pixels of ``image_feats`` (I, F, H, W); ``swap_teacher_axes`` reproduces the
-    authors' transposed sampling (module docstring).
+    bilinearly at the pairs' pixels of ``image_feats`` (I, F, H, W): ``teacher_align_corners`` True for
+    ResNet maps, False (pixel centres) for ViT patch maps; ``swap_teacher_axes`` reproduces the authors'
+    transposed sampling (module docstring).
     """
     return st_ppkt_details(
         point_feats,
@@ -470,6 +465,7 @@ def st_ppkt_loss(
         pairing_images,
         options=options,
         num_matches=num_matches,
+        teacher_align_corners=teacher_align_corners,
         swap_teacher_axes=swap_teacher_axes,
         generator=generator,
         gather=gather,

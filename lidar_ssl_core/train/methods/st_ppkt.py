@@ -32,6 +32,7 @@ class STPPKT(TeacherDistillation):
             batch["pairing_images"],
             options=tolerance_options(options, balance=options.ppkt_balance),
             num_matches=options.num_matches,
+            teacher_align_corners=self.teacher.aligns_corners,
             swap_teacher_axes=options.swap_teacher_axes,
             generator=step.generator,
             gather=step.gather,
