@@ -31,6 +31,7 @@ from lidar_ssl_core.errors import LossInputError
 #: Gauss-Newton steps on beta (EPnP section 3.4); the paper uses "a few"
 GAUSS_NEWTON_STEPS = 5
 _PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+_PAIR_INDEX = (torch.tensor([p[0] for p in _PAIRS]), torch.tensor([p[1] for p in _PAIRS]))
 
 
 class Pose(NamedTuple):
@@ -82,20 +83,21 @@ def _system(alphas: torch.Tensor, points2d: torch.Tensor) -> torch.Tensor:
     return torch.cat([row_u, row_v])
 
 
+def _pair_differences(points: torch.Tensor) -> torch.Tensor:
+    """(..., 6, 3) differences of the six control-point pairs of (..., 4, 3) control points."""
+    i, j = _PAIR_INDEX
+    return points[..., i, :] - points[..., j, :]
+
+
 def _distance_system(kernel: torch.Tensor) -> torch.Tensor:
     """(6, P) coefficients of the products ``beta_a beta_b`` (a <= b) in the six squared control-point
     distances, for kernel vectors (N, 4, 3)."""
     n = kernel.shape[0]
-    cols = []
-    for a in range(n):
-        for b in range(a, n):
-            rows = []
-            for i, j in _PAIRS:
-                da = kernel[a, i] - kernel[a, j]
-                db = kernel[b, i] - kernel[b, j]
-                rows.append((da * db).sum() * (1.0 if a == b else 2.0))
-            cols.append(torch.stack(rows))
-    return torch.stack(cols, 1)
+    diff = _pair_differences(kernel)  # (N, 6, 3)
+    gram = torch.einsum("apk,bpk->pab", diff, diff)  # (6, N, N)
+    a, b = torch.triu_indices(n, n, device=kernel.device)
+    factor = torch.where(a == b, 1.0, 2.0).to(kernel.dtype)
+    return gram[:, a, b] * factor
 
 
 def _betas(kernel: torch.Tensor, dist2: torch.Tensor) -> torch.Tensor:
@@ -104,20 +106,14 @@ def _betas(kernel: torch.Tensor, dist2: torch.Tensor) -> torch.Tensor:
     system = _distance_system(kernel)
     products = torch.linalg.lstsq(system, dist2[:, None]).solution[:, 0]
     # products are ordered (0,0), (0,1), ..., (0,N-1), (1,1), ...: read beta_0^2 and beta_0 beta_b
-    b00 = products[0]
-    beta0 = b00.abs().clamp_min(1e-18).sqrt()
-    betas = [beta0]
-    for b in range(1, n):
-        betas.append(products[b] / beta0)
-    beta = torch.stack(betas)
+    beta0 = products[0].abs().clamp_min(1e-18).sqrt()
+    beta = torch.cat([beta0[None], products[1:n] / beta0])
+    diff_kernel = _pair_differences(kernel)  # (N, 6, 3)
     for _ in range(GAUSS_NEWTON_STEPS):
-        ctrl = (beta[:, None, None] * kernel).sum(0)
-        residual = torch.stack([((ctrl[i] - ctrl[j]) ** 2).sum() for i, j in _PAIRS]) - dist2
-        jac = torch.stack(
-            [2.0 * ((ctrl[i] - ctrl[j])[None] * (kernel[:, i] - kernel[:, j])).sum(-1) for i, j in _PAIRS]
-        )  # (6, N)
-        step = torch.linalg.lstsq(jac, -residual[:, None]).solution[:, 0]
-        beta = beta + step
+        diff = _pair_differences((beta[:, None, None] * kernel).sum(0))  # (6, 3)
+        residual = (diff**2).sum(1) - dist2
+        jac = 2.0 * torch.einsum("pk,npk->pn", diff, diff_kernel)  # (6, N)
+        beta = beta + torch.linalg.lstsq(jac, -residual[:, None]).solution[:, 0]
     return beta
 
 
@@ -157,7 +153,7 @@ def epnp(
     ctrl_w, alphas = control_points(points3d)
     m = _system(alphas, points2d)
     _, evecs = torch.linalg.eigh(m.T @ m)
-    dist2 = torch.stack([((ctrl_w[i] - ctrl_w[j]) ** 2).sum() for i, j in _PAIRS])
+    dist2 = (_pair_differences(ctrl_w) ** 2).sum(1)
     best: Pose | None = None
     best_err = None
     for n in kernel_dims:

@@ -47,9 +47,10 @@ def pair_masks(
     if r_n < r_p:
         raise LossInputError(f"the negative margin r_n ({r_n}) must be >= the positive margin r_p ({r_p})")
     same = images[:, None] == images[None, :]
-    dist = torch.cdist(pixels.double(), pixels.double())
-    pos = same & (dist <= r_p)
-    neg = ~same | (dist > r_n)
+    p = pixels.float()
+    dist2 = (p[:, None, 0] - p[None, :, 0]) ** 2 + (p[:, None, 1] - p[None, :, 1]) ** 2  # exact: integers
+    pos = same & (dist2 <= r_p * r_p)
+    neg = ~same | (dist2 > r_n * r_n)
     return pos, neg
 
 

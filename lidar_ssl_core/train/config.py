@@ -65,7 +65,7 @@ class NclrOptions(_Section):
     weight_overlap: float = Field(0.5, ge=0, description="lambda_o, overlap BCE weight (paper 0.5)")
     weight_pose: float = Field(0.2, ge=0, description="lambda_p, Huber pose loss weight (paper 0.2)")
     num_pairs: int = Field(
-        1024, ge=2, description="InfoNCE pairs P_S sampled per image (not stated; authors' code 1024 x B)"
+        1024, ge=2, description="InfoNCE pairs P_S per sample of the batch (not stated; code 1024 x B)"
     )
     r_p: float = Field(2.0, ge=0, description="positive margin in pixels (not stated)")
     r_n: float = Field(8.0, ge=0, description="negative margin in pixels (not stated)")

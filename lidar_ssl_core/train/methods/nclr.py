@@ -8,7 +8,7 @@ Per step:
    augmentations stay as configured.
 2. **Features**: the 3D backbone on the perturbed voxels; a trainable ResNet + FPN on the images
    (:mod:`lidar_ssl_core.models.image_fpn`, stride 4).
-3. **L_f**: LTA InfoNCE with the learnable symmetric ``W_f`` on ``num_pairs`` sampled pairs per image
+3. **L_f**: LTA InfoNCE with the learnable symmetric ``W_f`` on ``num_pairs`` sampled pairs per sample
    (backbone point features, image features sampled bilinearly at the pixel centres).
 4. **Fusion + overlap**: per image, ``keypoints`` voxels of its cloud and the image tokens (stride
    ``token_stride``) pass the fusion transformer; heads predict per point / token whether it lies in the
@@ -193,7 +193,8 @@ class NCLR(PretrainMethod):
             raise MethodError("NCLR: the batch has no point-pixel pairs")
 
         # L_f on sampled pairs
-        n_pairs = min(opts.num_pairs * images.shape[0], pv.shape[0])
+        n_samples = int(batch["image_batch"].max()) + 1 if batch["image_batch"].numel() else 1
+        n_pairs = min(opts.num_pairs * n_samples, pv.shape[0])
         gen_device = step.generator.device if step.generator is not None else torch.device("cpu")
         idx = torch.randperm(pv.shape[0], generator=step.generator, device=gen_device)[:n_pairs]
         idx = idx.to(pv.device)
