@@ -175,6 +175,7 @@ def _segment_args(model: Path, out: Path, backend: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_export_and_segment_commands(checkpoint: Path, tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     result = runner.invoke(app, ["export", "--model", str(checkpoint), "--out", str(pkg)])

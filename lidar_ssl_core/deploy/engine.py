@@ -18,7 +18,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -173,13 +172,3 @@ def load_engine(
         "engine: %s (%s, %d classes) on %s/%s", path, spec.backbone.preset, spec.num_classes, backend, dev
     )
     return SegmentationEngine(spec, impl, package)
-
-
-def engine_from_spec(
-    spec: ModelSpec, backend: str = "torch", device: str = "cpu", **kwargs: Any
-) -> SegmentationEngine:
-    """An engine for an in-memory :class:`ModelSpec` (tests, benchmarks)."""
-    dev = resolve_device(device)
-    return SegmentationEngine(
-        spec, make_backend(spec, backend, dev, kwargs.get("threads"), kwargs.get("package"))
-    )
