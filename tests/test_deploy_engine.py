@@ -154,3 +154,24 @@ def test_gpu_parity_torch_spconv_tensorrt(checkpoint: Path, semantickitti_root: 
     trt = load_engine(checkpoint, "tensorrt", device="cuda").segment_points(points)
     assert float((trt.labels == ref.labels).mean()) >= LABEL_AGREEMENT
     assert float(np.abs(trt.scores - ref.scores).max()) <= SCORE_TOL_FP16
+
+
+def test_tensorrt_graph_and_profile_need_no_plugin(checkpoint: Path) -> None:
+    """The graph TensorRT compiles uses only natively parsed ops, and the optimisation profile covers
+    every one of its inputs with min <= opt <= max (checked here, where TensorRT itself is absent)."""
+    import onnx
+
+    from lidar_ssl_core.deploy.onnx_graph import build_onnx
+    from lidar_ssl_core.deploy.spec import spec_from_checkpoint
+    from lidar_ssl_core.deploy.trt_backend import profile_shapes
+
+    model = onnx.load_from_string(build_onnx(spec_from_checkpoint(checkpoint), "gather"))
+    assert {n.op_type for n in model.graph.node} <= {"Gather", "MatMul", "Add", "Relu", "Concat", "ReduceSum"}
+    inputs = {i.name: len(i.type.tensor_type.shape.dim) for i in model.graph.input}
+    shapes = profile_shapes(max_voxels=300_000, opt_voxels=40_000)
+    assert set(inputs) <= set(shapes)
+    for name, rank in inputs.items():
+        lo, opt, hi = shapes[name]
+        assert len(lo) == len(opt) == len(hi) == rank
+        assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)), name
+        assert lo[0] >= 1  # no zero-sized dimension: every gather list holds at least its sentinel

@@ -19,7 +19,7 @@ from lidar_ssl_core.deploy.engine import load_engine
 from lidar_ssl_core.deploy.package import MANIFEST, export_package, load_package, sha256_of
 from lidar_ssl_core.deploy.spec import spec_from_checkpoint
 from lidar_ssl_core.downstream.classes import SYNTHETIC
-from lidar_ssl_core.errors import EngineCompatibilityError, ModelPackageError
+from lidar_ssl_core.errors import EngineCompatibilityError, LidarSslError, ModelPackageError
 from lidar_ssl_core.msg import cloud_to_pointcloud, read_cloud
 from lidar_ssl_core.resources import default_bag
 
@@ -217,3 +217,13 @@ def test_export_and_segment_commands(checkpoint: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(pts["score"], expected.scores, atol=1e-6)
     bad = runner.invoke(app, _segment_args(pkg, tmp_path / "z", "nope"))
     assert bad.exit_code == 1 and "unknown backend 'nope'" in bad.output
+
+
+def test_tensorrt_export_without_gpu_writes_nothing(checkpoint: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(LidarSslError, match="CUDA"):
+        export_package(spec_from_checkpoint(checkpoint), tmp_path / "pkg", formats=("onnx", "tensorrt"))
+    assert list(tmp_path.iterdir()) == []
