@@ -278,7 +278,7 @@ def test_sigkill_at_random_moments_leaves_whole_closed_shards_and_a_recoverable_
             if path.name.endswith(RECOVERED_SUFFIX):
                 meta = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
                 assert CUSTOM_RECOVERED in (meta.get("custom_data") or {})
-    assert recovered_total == 3  # each kill left exactly one shard open
+    assert recovered_total >= 1  # a kill leaves at most one shard open (none between two shards)
     assert not list(folder.glob(".*.partial"))
     n = 0
     for shard in closed_shards(folder):
@@ -288,3 +288,35 @@ def test_sigkill_at_random_moments_leaves_whole_closed_shards_and_a_recoverable_
                 assert bytes(m.raw) == original  # byte-exact, nothing garbled
                 n += 1
     assert n > 0
+
+
+@pytest.mark.parametrize("case", ["closed_not_renamed", "no_metadata", "header_only"])
+def test_recovery_of_a_shard_killed_while_closing_or_just_opened(tmp_path: Path, case: str) -> None:
+    """The moments a random kill rarely hits, made on purpose."""
+    done = ShardWriter(tmp_path / "done", min_free_bytes=0)
+    for i in range(5):
+        done.write(_msg(i))
+    bag = done.close()
+    assert bag is not None
+    folder = tmp_path / "rec"
+    inner = folder / ".shard_000003.partial" / "shard_000003"
+    inner.parent.mkdir(parents=True)
+    bag.rename(inner)
+    mcap = inner / "shard_000000.mcap"
+    if case != "closed_not_renamed":
+        (inner / "metadata.yaml").unlink()
+    if case == "header_only":
+        with mcap.open("r+b") as f:
+            f.truncate(60)  # magic + header record: no chunk reached the file
+    recovered = ShardWriter(folder, min_free_bytes=0).recover()
+    assert not list(folder.glob(".*"))
+    if case == "header_only":
+        assert recovered == [] and not list(folder.iterdir())
+        return
+    (path,) = recovered
+    assert path.name == (
+        "shard_000003" if case == "closed_not_renamed" else "shard_000003" + RECOVERED_SUFFIX
+    )
+    with BagReader(path, recover=False) as reader:
+        assert reader.message_count() == 5 and not reader.damaged
+    assert ShardWriter(folder, min_free_bytes=0)._seq == 4  # new shards never reuse the number

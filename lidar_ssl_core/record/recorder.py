@@ -155,6 +155,7 @@ class Recorder:
         # small ancillary messages (/tf, /tf_static, changed CameraInfo) for the open shard; bounded
         self._side: deque[OutMessage] = deque(maxlen=SIDE_QUEUE)
         self._thread: threading.Thread | None = None
+        self._stopping = False
         self._rates: dict[str, RateMeter] = {}
         self._offsets: dict[str, deque[int]] = {c: deque(maxlen=50) for c in self.cameras}
         self._malformed: dict[str, int] = {}
@@ -188,6 +189,7 @@ class Recorder:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """End of recording: finalise pending sweeps, release held samples, write everything, close."""
+        self._stopping = True  # from now on a full queue is waited for, not dropped
         for group in self.sync.flush():
             self._on_group(group)
         with self._lock:
@@ -357,7 +359,10 @@ class Recorder:
 
     def _enqueue(self, msgs: list[OutMessage]) -> bool:
         try:
-            self._queue.put_nowait(msgs)
+            if self._stopping and self._thread is not None:
+                self._queue.put(msgs, timeout=10.0)
+            else:
+                self._queue.put_nowait(msgs)
         except queue.Full:
             self._dropped_queue_full += 1
             log.debug("writer queue full: %d messages dropped", len(msgs))

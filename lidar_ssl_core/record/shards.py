@@ -201,20 +201,35 @@ class ShardWriter:
                 shutil.rmtree(staging)
                 log.info("shard %s was complete; moved into place", target)
                 return target
-            target = self.folder / (name + (RECOVERED_SUFFIX if damage else ""))
+            if not damage:  # the mcap was finished, its metadata.yaml not written yet
+                damage = [f"{storage[0].name}: complete, but the bag's metadata.yaml was never written"]
+            # always another name than ``name``: BagWriter(name) would stage into this very folder
+            target = self.folder / (name + RECOVERED_SUFFIX)
             topics = reader.topics
             count = 0
-            with BagWriter(
+            out = BagWriter(
                 target, distro=self.distro, compression_level=self.compression_level, overwrite=True
-            ) as out:
+            )
+            out.open()
+            try:
                 for topic, msgtype in topics.items():
                     out.add_topic(topic, msgtype, latched=topic.endswith("tf_static"))
                 for msg in reader.raw_messages(on_error="skip"):
                     out.write_raw(msg.topic, msg.log_time_ns, msg.raw)
                     count += 1
-                if damage:  # BagWriter keeps its rosbags writer private; custom_data is rosbags' API
-                    out._require_open().set_custom_data(CUSTOM_RECOVERED, "; ".join(damage)[:2000])
+                # BagWriter keeps its rosbags writer private; custom_data is rosbags' own API
+                out._require_open().set_custom_data(CUSTOM_RECOVERED, "; ".join(damage)[:2000])
+            except BaseException:
+                out.abort()
+                raise
+            if count:
+                out.close()
+            else:  # killed before its first chunk reached the file: nothing to keep
+                out.abort()
         shutil.rmtree(staging)
+        if not count:
+            log.info("shard left open in %s held no complete chunk; removed", staging)
+            return None
         log.warning("recovered %d messages of the shard left open into %s", count, target)
         return target
 

@@ -43,6 +43,7 @@ class Segmenter(LifecycleNode):
         self.malformed = 0
         self.published = 0
         self._dropped_before = 0
+        self._submitted_before = 0
         self._last_error = ""
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer: Any = None
@@ -115,6 +116,7 @@ class Segmenter(LifecycleNode):
         if self._worker is not None:
             self._worker.stop()
             self._dropped_before += self._worker.dropped
+            self._submitted_before += self._worker.submitted
             self._worker = None
 
     # ------------------------------------------------------------------------------------ scans
@@ -168,7 +170,7 @@ class Segmenter(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         worker = self._worker
         dropped = self._dropped_before + (worker.dropped if worker is not None else 0)
-        received = (worker.submitted if worker is not None else 0) + self._dropped_before
+        received = (worker.submitted if worker is not None else 0) + self._submitted_before
         p50, p99 = self.latency.percentiles(50, 99)
         e50, e99 = self.engine_ms.percentiles(50, 99)
         values = {
