@@ -383,12 +383,21 @@ def sample_teacher_at_pixels(
         x, y = 2.0 * c / max(w - 1, 1) - 1.0, 2.0 * r / max(h - 1, 1) - 1.0
     else:
         x, y = (2.0 * c + 1.0) / w - 1.0, (2.0 * r + 1.0) / h - 1.0
-    grid = torch.stack([x, y], 1)[:, None, None, :]  # (P, 1, 1, 2)
+    grid = torch.stack([x, y], 1)  # (P, 2)
     padding = "zeros" if swap_axes else "border"  # border: edge pixels as F.interpolate's upsampling
-    out = F.grid_sample(
-        teacher_feats[img], grid, mode="bilinear", padding_mode=padding, align_corners=align_corners
-    )
-    return out[:, :, 0, 0]
+    out = teacher_feats.new_empty((grid.shape[0], teacher_feats.shape[1]))
+    # one grid_sample per image: indexing the maps per pair would copy a whole map for every pair
+    for i in torch.unique(img).tolist():
+        sel = torch.nonzero(img == i).squeeze(1)
+        sampled = F.grid_sample(
+            teacher_feats[i : i + 1],
+            grid[sel].view(1, 1, -1, 2),
+            mode="bilinear",
+            padding_mode=padding,
+            align_corners=align_corners,
+        )
+        out[sel] = sampled[0, :, 0].T
+    return out
 
 
 def st_ppkt_details(
