@@ -201,7 +201,7 @@ def camera_from_correspondences(points3d: torch.Tensor, pixels: torch.Tensor) ->
         zeros = torch.zeros_like(xh)
         rows_u = torch.cat([xh, zeros, -un[:, :1] * xh], 1)
         rows_v = torch.cat([zeros, xh, -un[:, 1:] * xh], 1)
-        _, _, vh = torch.linalg.svd(torch.cat([rows_u, rows_v]))
+        _, _, vh = torch.linalg.svd(torch.cat([rows_u, rows_v]), full_matrices=False)
         pn = vh[-1].reshape(3, 4)
         t_u = torch.tensor([[1 / su, 0, -mu[0] / su], [0, 1 / su, -mu[1] / su], [0, 0, 1]], dtype=x.dtype)
         t_x = torch.eye(4, dtype=x.dtype)
