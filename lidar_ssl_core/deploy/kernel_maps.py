@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lidar_ssl_core.sparse import KernelMapCache, build_downsample_map, build_submanifold_map
-from lidar_ssl_core.sparse.kernel_map import kernel_offsets, pack_keys, unpack_keys
+from lidar_ssl_core.sparse.kernel_map import COORD_MAX, kernel_offsets, key_deltas, pack_keys, unpack_keys
 
 #: tensor strides of the Res16UNet levels
 LEVELS = (1, 2, 4, 8, 16)
@@ -97,13 +97,6 @@ def _positions(group: Tensor, volume: int) -> tuple[Tensor, Tensor]:
     return counts, starts[group] + within
 
 
-def _key_deltas(offsets: Tensor) -> Tensor:
-    """Packed-key difference of each offset: packing is linear while no axis leaves its 16 bits, which
-    the grid limit guarantees, so ``key(c + d) = key(c) + delta(d)`` (one add instead of a repack)."""
-    zeros = torch.zeros(offsets.shape[0], dtype=torch.int64, device=offsets.device)
-    return pack_keys(zeros, offsets) - pack_keys(zeros, torch.zeros_like(offsets))
-
-
 def _subm(coords: Tensor, form: str) -> tuple[OffsetLists, Tensor]:
     """Submanifold 3x3x3 lists and position table at one level (coords (V, 3) int64, unique)."""
     n = coords.shape[0]
@@ -112,7 +105,7 @@ def _subm(coords: Tensor, form: str) -> tuple[OffsetLists, Tensor]:
     sorted_keys, perm = torch.sort(keys)
     offsets = kernel_offsets(3, dev)
     offsets = torch.cat([offsets[:SUBM_CENTRE], offsets[SUBM_CENTRE + 1 :]])  # the centre is X @ W_c
-    query = keys[None, :] + _key_deltas(offsets)[:, None]  # (26, V)
+    query = keys[None, :] + key_deltas(offsets)[:, None]  # (26, V)
     spos = torch.searchsorted(sorted_keys, query).clamp_(max=n - 1)
     hit = sorted_keys[spos] == query
     k_idx, out_idx = hit.nonzero(as_tuple=True)  # row-major: grouped by offset, outputs ascending
@@ -150,6 +143,8 @@ def graph_tables(coords: Tensor, form: str = "gather") -> GraphTables:
     ``form``: ``"gather"`` builds the position tables the gather-sum graph reads (TensorRT),
     ``"scatter"`` the per-offset output rows the scatter-add graph reads (ONNX Runtime)."""
     current = (coords[:, 1:] if coords.shape[1] == 4 else coords).to(torch.int64)
+    if current.numel() and int(current.abs().max()) >= COORD_MAX:  # the packed keys' linearity needs it
+        raise ValueError(f"voxel coordinates reach {int(current.abs().max())}, beyond +-{COORD_MAX - 1}")
     subm: dict[int, tuple[OffsetLists, Tensor]] = {}
     down: dict[int, tuple[OffsetLists, Tensor]] = {}
     up: dict[int, tuple[OffsetLists, Tensor]] = {}

@@ -90,6 +90,13 @@ def pack_keys(batch: Tensor, xyz: Tensor) -> Tensor:
     return (b << (3 * _AXIS_BITS)) | (p[..., 0] << (2 * _AXIS_BITS)) | (p[..., 1] << _AXIS_BITS) | p[..., 2]
 
 
+def key_deltas(offsets: Tensor) -> Tensor:
+    """(K,) int64 key differences of (K, 3) offsets: ``pack_keys(b, c + d) == pack_keys(b, c) + delta(d)``
+    while every axis of ``c + d`` stays inside its 16 bits, so a neighbour query is one add, not a repack."""
+    zeros = torch.zeros_like(offsets[:, 0], dtype=torch.int64)
+    return pack_keys(zeros, offsets) - pack_keys(zeros, torch.zeros_like(offsets))
+
+
 def unpack_keys(keys: Tensor) -> Tensor:
     """Inverse of :func:`pack_keys`: (N,) int64 keys -> (N, 4) int32 [batch, x, y, z]."""
     out = torch.stack(
@@ -143,7 +150,7 @@ def build_submanifold_map(coords: Tensor, kernel_size: int) -> KernelMap:
         idx = torch.arange(n, device=coords.device)
         return KernelMap(idx, idx, torch.zeros_like(idx), (n,), n, n)
     offsets = kernel_offsets(kernel_size, coords.device)  # (K, 3)
-    query = pack_keys(coords[None, :, 0], coords[None, :, 1:] + offsets[:, None, :])  # (K, N)
+    query = keys[None, :] + key_deltas(offsets)[:, None]  # (K, N); the margin was checked above
     pos = torch.searchsorted(sorted_keys, query).clamp_(max=n - 1)
     hit = sorted_keys[pos] == query
     kernel_idx, out_idx = hit.nonzero(as_tuple=True)  # row-major: already grouped by kernel offset
