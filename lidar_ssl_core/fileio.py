@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.lidar-ssl-(?P<pid>\d+)-\d+\.tmp$")
 _counter = itertools.count()
+_writing: set[str] = set()  # names of the temporaries this process is writing now (any thread)
+_writing_lock = threading.Lock()
 
 
 def _legacy_temp(name: str) -> re.Pattern[str]:
@@ -41,9 +44,11 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.lidar-ssl-{os.getpid()}-{next(_counter)}.tmp")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True  # another thread of ours may be writing it
+def _in_use_by_pid(candidate: Path, pid: int) -> bool:
+    """Whether the writer named in ``candidate`` may still be at it (judged by its process id)."""
+    if pid == os.getpid():  # ours, or a former process that had our pid (a restarted container)
+        with _writing_lock:
+            return candidate.name in _writing
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +62,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_if_abandoned(candidate: Path, pid: int) -> bool:
     """Unlink ``candidate`` when its writer is dead and nobody holds its lock; True when removed."""
-    if _pid_alive(pid):
+    if _in_use_by_pid(candidate, pid):
         return False
     try:
         if not stat.S_ISREG(candidate.lstat().st_mode):
@@ -117,7 +122,14 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    with _writing_lock:
+        _writing.add(tmp.name)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except BaseException:
+        with _writing_lock:
+            _writing.discard(tmp.name)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # tells cleaners elsewhere that this temporary is in use
         with os.fdopen(fd, "wb", closefd=False) as fh:
@@ -130,6 +142,8 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
         raise
     finally:
         os.close(fd)  # releases the lock
+        with _writing_lock:
+            _writing.discard(tmp.name)
     return path
 
 

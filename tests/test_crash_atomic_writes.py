@@ -79,11 +79,12 @@ def _dead_pid() -> int:
 def test_cleanup_spares_temporaries_in_use_and_files_of_other_patterns(tmp_path: Path) -> None:
     dead = _dead_pid()
     target = tmp_path / "report.md"
-    alive = tmp_path / f".report.md.lidar-ssl-{os.getpid()}-999999.tmp"  # ours: a writer of this process
+    former_self = tmp_path / f".report.md.lidar-ssl-{os.getpid()}-999999.tmp"  # our pid, not being written:
+    # left by an earlier process that had our pid (a restarted container): removed
     abandoned = tmp_path / f".other.json.lidar-ssl-{dead}-0.tmp"  # same folder, another target: removed
     locked = tmp_path / f".x.lidar-ssl-{dead}-1.tmp"  # writer elsewhere (other pid namespace) holds the lock
     foreign = [tmp_path / f".report.md.{dead}.tmp", tmp_path / f"report.md.tmp{dead}", tmp_path / "notes.tmp"]
-    for p in [alive, abandoned, locked, *foreign]:
+    for p in [former_self, abandoned, locked, *foreign]:
         p.write_bytes(b"x")
     holder = subprocess.Popen(
         [
@@ -101,17 +102,32 @@ def test_cleanup_spares_temporaries_in_use_and_files_of_other_patterns(tmp_path:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        alive = tmp_path / f".z.lidar-ssl-{holder.pid}-3.tmp"  # its process runs: maybe still writing
+        alive.write_bytes(b"x")
         atomic_write_bytes(target, b"done")
     finally:
         holder.kill()
         holder.wait()
     assert target.read_bytes() == b"done"
-    assert not abandoned.exists()
+    assert not abandoned.exists() and not former_self.exists()
     assert alive.exists() and locked.exists() and all(p.exists() for p in foreign)
     symlink = tmp_path / f".y.lidar-ssl-{dead}-2.tmp"
     symlink.symlink_to(target)
-    assert fileio.remove_stale_temporaries(target) == [locked]  # lock released: now it goes
+    assert sorted(fileio.remove_stale_temporaries(target)) == sorted([alive, locked])  # writer gone: now
     assert symlink.is_symlink() and target.read_bytes() == b"done"  # links are never followed or removed
+
+
+def test_a_write_in_progress_in_this_process_is_never_cleaned(tmp_path: Path) -> None:
+    """Another thread's cleanup (here: a nested write into the same folder) spares our own temporary."""
+    seen: list[list[str]] = []
+
+    def write(fh: object) -> None:
+        atomic_write_bytes(tmp_path / "other.json", b"{}")  # cleans the folder while we are writing
+        seen.append(_temporaries(tmp_path))
+
+    fileio.atomic_write(tmp_path / "ckpt.pt", write)  # type: ignore[arg-type]
+    assert len(seen[0]) == 1 and seen[0][0].startswith(".ckpt.pt.lidar-ssl-")
+    assert _temporaries(tmp_path) == []
 
 
 def test_a_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path: Path) -> None:
