@@ -135,6 +135,27 @@ def test_labelled_sweeps_survive_one_message_with_a_huge_point_step(bag_with_a_h
     assert not isinstance(replaced, SkippedSweep) and replaced.source == training[2].source  # type: ignore[union-attr]
 
 
+def test_a_decoder_defect_still_costs_one_sweep_only(
+    bag_with_a_huge_point_step: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth: an untyped exception a future decoder defect might raise is contained too."""
+    import lidar_ssl_core.downstream.data as downstream_data
+
+    real = downstream_data.cloud_to_pointcloud
+
+    def defective(msg: Any, **kw: Any) -> Any:
+        if msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 3 * 10**8:
+            raise ValueError("a bug in a decoder")
+        return real(msg, **kw)
+
+    monkeypatch.setattr(downstream_data, "cloud_to_pointcloud", defective)
+    data = load_config().data
+    sweeps = index_labelled_sweeps([bag_with_a_huge_point_step], data).sweeps
+    items = [LabelledSweepDataset(sweeps, data, SYNTHETIC, train=False)[i] for i in range(3)]
+    assert [isinstance(x, SkippedSweep) for x in items] == [False, True, True]
+    assert "ValueError: a bug in a decoder" in items[2].reason  # type: ignore[union-attr]
+
+
 def test_segment_skips_the_sweep_with_a_huge_point_step(
     bag_with_a_huge_point_step: Path, tmp_path: Path
 ) -> None:
