@@ -310,12 +310,16 @@ def config_cmd(
         raise fail(err) from err
 
 
+#: the registered methods, written out so that ``--help`` needs no torch; a test checks it against the registry
+METHOD_NAMES = ("nclr", "olivine", "ppkt", "scalr", "slidr", "st-ppkt", "st-slidr")
+
+
 @app.command()
 def pretrain(
     method: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            help="a registered method: ppkt | slidr | st-slidr | st-ppkt | nclr | olivine "
+            help=f"a registered method: {' | '.join(METHOD_NAMES)} "
             "(lidar_ssl_core/train/methods/; default: config pretrain.method)"
         ),
     ] = None,

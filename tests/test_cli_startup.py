@@ -35,3 +35,11 @@ def test_help_and_usage_errors_load_no_heavy_library() -> None:
     )
     loaded = _loaded_after(code)
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_pretrain_help_lists_every_registered_method() -> None:
+    """``--help`` names the methods without importing torch; the list must follow the registry."""
+    from lidar_ssl_core.cli import METHOD_NAMES
+    from lidar_ssl_core.train.methods import method_names
+
+    assert tuple(sorted(METHOD_NAMES)) == method_names()
