@@ -310,7 +310,7 @@ def config_cmd(
         raise fail(err) from err
 
 
-#: the registered methods, written out so that ``--help`` needs no torch; a test checks it against the registry
+#: the registered methods, written out so that ``--help`` needs no torch (a test checks the registry)
 METHOD_NAMES = ("nclr", "olivine", "ppkt", "scalr", "slidr", "st-ppkt", "st-slidr")
 
 
