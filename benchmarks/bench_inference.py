@@ -53,11 +53,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             engine.segment_points(points)
         runs = []
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             seg = engine.segment_points(points)
             total = 1e3 * (time.perf_counter() - t0)
-            runs.append({**seg.timings_ms, "total": total})
-        table = {k: [r[k] for r in runs] for k in (*STAGES, "total")}
+            runs.append({**seg.timings_ms, "total": total, "cpu": 1e3 * (time.process_time() - c0)})
+        table = {k: [r[k] for r in runs] for k in (*STAGES, "total", "cpu")}
         out[name] = {
             "points": len(points),
             "voxels": int(seg.num_voxels),
@@ -146,9 +146,9 @@ def main() -> None:
 def print_tables(results: dict[str, Any]) -> None:
     print(
         "| preset | backend | scan | voxels | p50 total ms | p99 total ms | voxelize | kernel maps | network "
-        "| post | kernel-map share | scans/s | peak RSS MB |"
+        "| post | kernel-map share | scans/s | peak RSS MB | p50 CPU ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for preset, per in results.items():
         if not isinstance(per, dict) or "package_bytes" not in per:
             continue
@@ -167,7 +167,7 @@ def print_tables(results: dict[str, Any]) -> None:
                 print(
                     f"| {preset} | {backend} | {scan} | {r['voxels']} | {p50['total']:.0f} "
                     f"| {r['p99']['total']:.0f} | {stages} | {share:.0f}% | {r['scans_per_s']:.2f} "
-                    f"| {res['peak_rss_mb']:.0f} |"
+                    f"| {res['peak_rss_mb']:.0f} | {p50['cpu']:.0f} |"
                 )
         sizes = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in per["package_bytes"].items())
         print(f"\n{preset} package: {sizes}\n")
