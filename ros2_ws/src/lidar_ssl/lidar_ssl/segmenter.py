@@ -65,8 +65,9 @@ class Segmenter(LifecycleNode):
             if not cfg.model:
                 raise LidarSslError("parameter 'model' is empty: give a model package or checkpoint")
             self.engine = load_engine(cfg.model, cfg.backend, cfg.device, cfg.threads or None)
-        except (LidarSslError, ValueError) as err:
-            self.get_logger().error(f"configure failed: {err}")
+        except Exception as err:  # any failure to load is reported; the node stays unconfigured
+            self._last_error = f"configure failed: {type(err).__name__}: {err}"
+            self.get_logger().error(self._last_error)
             return TransitionCallbackReturn.FAILURE
         self.config = cfg
         self.latency = LatencyStats(cfg.latency_window)
@@ -130,7 +131,9 @@ class Segmenter(LifecycleNode):
         if engine is None or cfg is None:
             return
         try:
-            cloud = cloud_to_pointcloud(msg, label_field=None)
+            # non-finite points keep their place (labelled ignore_index): the output lines up index for
+            # index with the input, organized shape included, as ``lidar-ssl segment`` writes it
+            cloud = cloud_to_pointcloud(msg, label_field=None, drop_nonfinite=False)
         except LidarSslError as err:
             self.malformed += 1
             self._last_error = str(err)
@@ -147,7 +150,8 @@ class Segmenter(LifecycleNode):
             self.get_logger().warning(f"cloud on {cfg.input_topic} rejected by the engine: {err}")
             return
         self.engine_ms.add(1e3 * (time.perf_counter() - start))
-        kw = {"ignore_index": engine.ignore_index, "ignore_color": engine.ignore_color}
+        shape = (int(msg.height), int(msg.width)) if msg.height > 1 else None
+        kw = {"ignore_index": engine.ignore_index, "ignore_color": engine.ignore_color, "shape": shape}
         labelled = build_segmented_cloud(
             cloud.xyz, cloud.intensity, seg.labels, engine.palette, scores=seg.scores, **kw
         )
