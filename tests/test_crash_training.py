@@ -164,38 +164,38 @@ def _assert_same_weights(reference: Path, resumed: Path) -> None:
     assert different == [], f"{len(different)} of {len(ref)} tensors differ, e.g. {different[:5]}"
 
 
+def _crashed_and_reference(
+    command: Sequence[str], tmp_path: Path, checkpoint: str, formats: tuple[str, ...]
+) -> tuple[Path, Path]:
+    """Run ``command`` uninterrupted and, alongside, killed and resumed; both checkpoints, compared."""
+
+    def args(run_dir: Path) -> list[str]:
+        return [*command, "--run-dir", str(run_dir)]
+
+    reference = _launch(args(tmp_path / "reference"), tmp_path / "reference.log")
+    in_writes = _crash_and_resume(
+        args(tmp_path / "crashed"), tmp_path / "crashed", checkpoint, tmp_path / "crashed.log", formats
+    )
+    assert reference.wait(timeout=RUN_TIMEOUT_S) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    assert in_writes >= 1
+    expected, got = tmp_path / "reference" / checkpoint, tmp_path / "crashed" / checkpoint
+    _assert_same_weights(expected, got)
+    return expected, got
+
+
 def test_pretraining_killed_at_random_moments_resumes_to_the_uninterrupted_weights(
     setup: tuple[Path, Path], tmp_path: Path
 ) -> None:
     bag, cfg = setup
-
-    def args(run_dir: Path) -> list[str]:
-        return ["pretrain", "-c", str(cfg), "-b", str(bag), "--run-dir", str(run_dir), "--no-progress"]
-
-    reference = _launch(args(tmp_path / "reference"), tmp_path / "reference.log")  # runs alongside
-    formats = ("lidar_ssl.pretrain/1",)
-    in_writes = _crash_and_resume(
-        args(tmp_path / "crashed"), tmp_path / "crashed", "ckpt_last.pt", tmp_path / "crashed.log", formats
-    )
-    assert reference.wait(timeout=RUN_TIMEOUT_S) == 0, (tmp_path / "reference.log").read_text()[-3000:]
-    assert in_writes >= 1
-    _assert_same_weights(tmp_path / "reference" / "ckpt_last.pt", tmp_path / "crashed" / "ckpt_last.pt")
-    assert load_checkpoint(tmp_path / "crashed" / "ckpt_last.pt", required=())["global_step"] == 8
+    command = ["pretrain", "-c", str(cfg), "-b", str(bag), "--no-progress"]
+    _, got = _crashed_and_reference(command, tmp_path, "ckpt_last.pt", ("lidar_ssl.pretrain/1",))
+    assert load_checkpoint(got, required=())["global_step"] == 8
 
 
 def test_fine_tuning_killed_at_random_moments_resumes_to_the_uninterrupted_weights(
     setup: tuple[Path, Path], tmp_path: Path
 ) -> None:
     bag, cfg = setup
-
-    def args(run_dir: Path) -> list[str]:
-        return ["finetune", "-c", str(cfg), "--bags", str(bag), "--run-dir", str(run_dir)]
-
-    reference = _launch(args(tmp_path / "reference"), tmp_path / "reference.log")
-    formats = ("lidar_ssl.segmentation/1",)
-    in_writes = _crash_and_resume(
-        args(tmp_path / "crashed"), tmp_path / "crashed", "model_last.pt", tmp_path / "crashed.log", formats
-    )
-    assert reference.wait(timeout=RUN_TIMEOUT_S) == 0, (tmp_path / "reference.log").read_text()[-3000:]
-    assert in_writes >= 1
-    _assert_same_weights(tmp_path / "reference" / "model_last.pt", tmp_path / "crashed" / "model_last.pt")
+    command = ["finetune", "-c", str(cfg), "--bags", str(bag)]
+    _, got = _crashed_and_reference(command, tmp_path, "model_last.pt", ("lidar_ssl.segmentation/1",))
+    assert load_checkpoint(got, formats=("lidar_ssl.segmentation/1",), required=())["epoch"] == 3

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import struct
 import tracemalloc
-import zlib
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_msg_robustness import png_claiming
 
 from lidar_ssl_core.bag.typestore import typestore_for
 from lidar_ssl_core.errors import LidarSslError
@@ -106,6 +106,12 @@ headers = st.builds(NS, stamp=stamps, frame_id=frame_ids)
 FIELD_NAMES = ["x", "y", "z", "intensity", "ring", "label", "i", "", "rgb"]
 
 
+def payload_bytes(draw: st.DrawFn, n: int) -> bytes:
+    """``n`` bytes: a drawn pattern of up to 64 bytes repeated (cheap to generate at any size)."""
+    pattern = draw(st.binary(min_size=min(n, 64), max_size=min(n, 64)))
+    return (pattern * (n // max(1, len(pattern)) + 1))[:n] if pattern else bytes(n)
+
+
 @st.composite
 def pointcloud2_messages(draw: st.DrawFn) -> Any:
     fields = draw(
@@ -131,8 +137,7 @@ def pointcloud2_messages(draw: st.DrawFn) -> Any:
         n_data = row_step * height
     elif n_data == "consistent":
         n_data = 0
-    raw = draw(st.binary(min_size=min(n_data, 64), max_size=min(n_data, 64)))
-    data = (raw * (n_data // max(1, len(raw)) + 1))[:n_data] if raw else bytes(n_data)
+    data = payload_bytes(draw, n_data)
     as_type = draw(st.sampled_from([bytes, list, np.ndarray]))
     payload: Any = np.frombuffer(data, np.uint8) if as_type is np.ndarray else as_type(data)
     return NS(
@@ -278,8 +283,7 @@ def image_messages(draw: st.DrawFn) -> Any:
             step = 0
     n = int(step) * int(height) if all(isinstance(v, int) and 0 <= v < 4096 for v in (step, height)) else 0
     n += draw(st.sampled_from([0, 0, 0, -1, 3]))
-    data = draw(st.binary(min_size=max(0, min(n, 64)), max_size=max(0, min(n, 64))))
-    data = (data * (max(n, 0) // max(1, len(data)) + 1))[: max(n, 0)] if data else bytes(max(n, 0))
+    data = payload_bytes(draw, max(n, 0))
     return NS(
         header=draw(headers),
         height=height,
@@ -319,19 +323,6 @@ def test_valid_images_round_trip(h: int, w: int, seed: int, encoding: str) -> No
 # ------------------------------------------------------------------------------ CompressedImage
 
 
-def _png_claiming(width: int, height: int, rows: bytes) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
-
-
 @st.composite
 def compressed_payloads(draw: st.DrawFn) -> bytes:
     kind = draw(st.sampled_from(["jpeg", "png", "png-claim", "random"]))
@@ -339,7 +330,7 @@ def compressed_payloads(draw: st.DrawFn) -> bytes:
         return draw(st.binary(max_size=300))
     if kind == "png-claim":  # a valid PNG whose header claims any size, from tiny to absurd
         size = st.one_of(st.integers(1, 64), st.sampled_from([2000, 20000, 100000, 2**31 - 1, 2**32 - 1, 0]))
-        return _png_claiming(draw(size), draw(size), draw(st.binary(max_size=64)))
+        return png_claiming(draw(size), draw(size), draw(st.binary(max_size=64)))
     h, w = draw(st.integers(1, 24)), draw(st.integers(1, 24))
     img = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).integers(0, 256, (h, w, 3), dtype=np.uint8)
     ok, enc = cv2.imencode(".jpg" if kind == "jpeg" else ".png", img)

@@ -39,14 +39,16 @@ NS = SimpleNamespace
 HEADER = NS(stamp=NS(sec=1, nanosec=2), frame_id="lidar")
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A well-formed PNG (valid CRCs) whose IHDR claims ``width`` x ``height`` but holds 4 short rows."""
+def png_claiming(width: int, height: int, rows: bytes | None = None) -> bytes:
+    """A well-formed PNG (valid CRCs) whose IHDR claims ``width`` x ``height`` but holds only ``rows``
+    (compressed; default: 4 short rows)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = b"".join(b"\0" + bytes(3 * min(width, 64)) for _ in range(4))
+    if rows is None:
+        rows = b"".join(b"\0" + bytes(3 * min(width, 64)) for _ in range(4))
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", ihdr)
