@@ -40,7 +40,7 @@ def same_cdr(a: bytes, b: bytes) -> bool:
 
 
 def test_recorder_killed_with_sigkill_leaves_whole_shards_and_recovers_the_open_one(tmp_path: Path) -> None:
-    env = ros_env(random.randint(1, 100))
+    env = ros_env()
     out = tmp_path / "shards"
     with BagReader(default_bag()) as reader:
         statics = [t for m in reader.messages(["/tf_static"]) for t in tf_message_to_transforms(m.msg)]

@@ -9,7 +9,6 @@ skips a malformed cloud and loads a new model through lifecycle transitions in t
 from __future__ import annotations
 
 import os
-import random
 import sys
 import threading
 import time
@@ -85,7 +84,7 @@ def frames(bag: Path) -> set[tuple[int, tuple[tuple[str, int], ...]]]:
 
 @pytest.fixture(scope="module")
 def env() -> dict[str, str]:
-    return ros_env(random.randint(1, 100))
+    return ros_env()
 
 
 RECORDER_IO: dict[str, Any] = {}

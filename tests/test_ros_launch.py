@@ -9,7 +9,6 @@ start the nodes with exactly these parameters.
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pydantic import BaseModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "lidar_ssl"))
 
-from lidar_ssl.testing import PACKAGE_DIR, LaunchStub, entry_points, evaluate  # noqa: E402
+from lidar_ssl.testing import PACKAGE_DIR, LaunchStub, entry_points, evaluate, random_domain_id  # noqa: E402
 
 from lidar_ssl_core.live.config import PretrainNodeConfig, SegmenterConfig  # noqa: E402
 from lidar_ssl_core.record.config import PlayerConfig, RecorderConfig  # noqa: E402
@@ -94,7 +93,7 @@ def test_nodes_declare_their_model_as_described_parameters(monkeypatch: pytest.M
     from rclpy.node import Node
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=random.randint(1, 100))
+    rclpy.init(context=context, domain_id=random_domain_id())
     try:
         for name, model in NODE_MODELS.items():
             node = Node(f"declare_{name}", context=context, start_parameter_services=False)

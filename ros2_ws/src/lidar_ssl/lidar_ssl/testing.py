@@ -20,12 +20,21 @@ def ros_env(domain_id: int | None = None) -> dict[str, str]:
     """The environment of a node process: local discovery only, a random domain id (1..100)."""
     env = dict(os.environ)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else random.randint(1, 100))
+    env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else random_domain_id())
     env.pop("ROS_LOCALHOST_ONLY", None)
     env["PYTHONUNBUFFERED"] = "1"
     # the package runs from its source folder whether or not it was pip-installed
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_DIR), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def random_domain_id() -> int:
+    """A random ROS domain id in 1..100; under pytest-xdist each worker draws from its own share of
+    that range, so tests running in parallel never meet on one domain."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return random.choice([d for d in range(1, 101) if d % count == index % count] or [1])
 
 
 def ros_args(params: Mapping[str, object]) -> list[str]:
