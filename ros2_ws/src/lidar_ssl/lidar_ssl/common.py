@@ -25,6 +25,21 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
+__all__ = [
+    "ERROR",
+    "OK",
+    "WARN",
+    "RosLogHandler",
+    "TFMessage",
+    "Trigger",
+    "diagnostic_status",
+    "latched_qos",
+    "message_class",
+    "publish_diagnostics",
+    "run_node",
+    "sensor_qos",
+]
+
 
 def sensor_qos(reliable: bool, depth: int) -> QoSProfile:
     """Sensor data QoS (best effort, keep last) unless ``reliable``."""

@@ -59,6 +59,7 @@ def declare_from_model(node: Node, model: type[M]) -> M:
         ros_type, empty_type = _ros_type(info.annotation)
         default = info.get_default(call_default_factory=True)
         descriptor = ParameterDescriptor(description=info.description or "", type=ros_type)
+        param: Any
         if isinstance(default, list | tuple) and not default and empty_type is not None:
             param = node.declare_parameter(name, empty_type, descriptor)
         else:

@@ -113,9 +113,9 @@ class _Sub:
         if self.kind == "share":
             return str(PACKAGE_DIR) if self.parts[0] == "lidar_ssl" else f"<share of {self.parts[0]}>"
         if self.kind == "join":
-            return str(Path(*[evaluate(p, args) for p in self.parts[0]]))  # type: ignore[attr-defined]
+            return str(Path(*[str(evaluate(p, args)) for p in self.parts[0]]))  # type: ignore[attr-defined]
         if self.kind == "python":
-            return str(eval("".join(evaluate(p, args) for p in self.parts[0])))  # type: ignore[attr-defined]
+            return str(eval("".join(str(evaluate(p, args)) for p in self.parts[0])))  # type: ignore[attr-defined]
         raise ValueError(self.kind)
 
 
