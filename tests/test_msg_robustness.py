@@ -143,7 +143,7 @@ def test_a_decoder_defect_still_costs_one_sweep_only(
     """Defence in depth: an untyped exception a future decoder defect might raise is contained too."""
     import lidar_ssl_core.downstream.data as downstream_data
 
-    real = downstream_data.cloud_to_pointcloud
+    real = downstream_data.cloud_to_pointcloud  # type: ignore[attr-defined]
 
     def defective(msg: Any, **kw: Any) -> Any:
         if msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 3 * 10**8:
@@ -248,6 +248,14 @@ def test_tiny_images_decode_at_reduced_scale(size: tuple[int, int], fmt: str) ->
         assert abs(int(rgb.mean()) - 128) <= 3
 
 
+def test_a_png_labelled_jpeg_still_decodes_at_reduced_scale() -> None:
+    """Reduced decoding is chosen from the bytes: a PNG whose format string says jpeg is not refused."""
+    ok, enc = cv2.imencode(".png", np.full((4, 6, 3), 128, np.uint8))
+    assert ok
+    rgb = compressed_to_rgb(compressed(enc.tobytes(), "rgb8; jpeg compressed bgr8"), 0.1)
+    assert rgb.shape == (1, 1, 3) and abs(int(rgb.mean()) - 128) <= 3
+
+
 # ------------------------------------------------------------------- 9. values outside ROS ranges
 
 
@@ -317,6 +325,28 @@ def test_tf_values_that_are_not_numbers_are_malformed(value: Any) -> None:
         tf_message_to_transforms(NS(transforms=[ts]))
     with pytest.raises(LidarSslError):
         tf_message_to_transforms(NS(transforms=None))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [None, "abc", [300] * 24, [-1] * 24, [None] * 24, np.array([None] * 24, dtype=object), [[0] * 12] * 2],
+)
+def test_payloads_that_are_not_bytes_are_malformed(data: Any) -> None:
+    """``data`` of duck-typed messages (uint8[] in ROS) holding anything but bytes: a typed error."""
+    with pytest.raises(MalformedMessageError, match="data"):
+        cloud_to_pointcloud(cloud_msg(data=data))
+    image = NS(header=HEADER, height=2, width=2, encoding="rgb8", is_bigendian=False, step=6, data=data)
+    with pytest.raises(MalformedMessageError, match="data"):
+        image_to_rgb(image)
+    with pytest.raises(MalformedMessageError, match="data"):
+        compressed_to_rgb(NS(header=HEADER, format="png", data=data))
+
+
+def test_payloads_as_lists_of_ints_still_decode() -> None:
+    cloud = cloud_to_pointcloud(cloud_msg(data=[0] * 24))
+    assert cloud.xyz.shape == (2, 3) and not cloud.xyz.any()
+    image = NS(header=HEADER, height=1, width=2, encoding="rgb8", is_bigendian=False, step=6, data=[255] * 6)
+    assert image_to_rgb(image).min() == 255
 
 
 def test_in_range_values_of_python_types_still_decode() -> None:

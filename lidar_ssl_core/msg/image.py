@@ -305,7 +305,7 @@ def compressed_to_rgb(
         raise ValueError(f"scale must be a positive number, got {scale}")
     data = byte_buffer(msg.data)
     fmt = str(msg.format)
-    kind = compressed_kind(fmt, data)
+    compressed_kind(fmt, data)  # refuses compressedDepth, video codecs and unknown formats
     claimed = _header_size(data)
     if claimed is not None:
         if expected_size is not None and tuple(claimed) != tuple(expected_size):
@@ -315,9 +315,9 @@ def compressed_to_rgb(
             )
         _check_claimed_size(claimed, fmt, max_pixels)
     flag = cv2.IMREAD_COLOR
-    if (
-        kind == "jpeg" and claimed is not None
-    ):  # only libjpeg decodes at reduced size; OpenCV's PNG path fails on tiny images
+    # Only libjpeg decodes at reduced size (OpenCV's PNG path fails on tiny images): judge by the bytes,
+    # not the format string, which may call a PNG "jpeg".
+    if claimed is not None and bytes(data[:3]) == JPEG_MAGIC:
         if scale <= 1 / 8:
             flag = cv2.IMREAD_REDUCED_COLOR_8
         elif scale <= 1 / 4:

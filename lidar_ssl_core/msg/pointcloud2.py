@@ -90,14 +90,38 @@ class CloudConversion(NamedTuple):
 
 
 def byte_buffer(data: Any) -> npt.NDArray[np.uint8]:
-    """Any ROS ``uint8[]`` payload as a 1-D uint8 array, without copying when it exposes a buffer."""
-    if isinstance(data, np.ndarray):
+    """Any ROS ``uint8[]`` payload as a 1-D uint8 array, without copying when it exposes a buffer.
+
+    A payload that is not bytes (``None``, a string, an object array, a list with values outside 0..255,
+    as duck-typed messages built in Python can carry) is a ``MalformedMessageError``, never a bare
+    ``TypeError``/``OverflowError`` from numpy.
+    """
+    if isinstance(data, np.ndarray) and not data.dtype.hasobject:
         if data.dtype == np.uint8 and data.ndim == 1 and data.flags.c_contiguous:
             return data
         return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     if isinstance(data, bytes | bytearray | memoryview | array.array):
-        return np.frombuffer(data, dtype=np.uint8)
-    return np.asarray(data, dtype=np.uint8)  # a plain list of ints (copy, unavoidable)
+        try:
+            return np.frombuffer(data, dtype=np.uint8)
+        except (TypeError, ValueError) as err:  # e.g. a non-contiguous memoryview
+            raise MalformedMessageError(f"message data is not a byte buffer: {err}") from err
+    if isinstance(data, str | np.ndarray) or data is None:
+        raise MalformedMessageError(f"message data is {type(data).__name__}, expected uint8[] (bytes)")
+    try:  # a plain list of ints (copy, unavoidable)
+        values = np.asarray(data)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise MalformedMessageError(f"message data is not a list of bytes: {err}") from err
+    if values.size == 0:
+        return np.zeros(0, np.uint8)
+    if values.ndim != 1 or values.dtype.kind not in "biu":
+        raise MalformedMessageError(
+            f"message data is a {values.ndim}-D {values.dtype} sequence, expected integers 0..255"
+        )
+    if int(values.min()) < 0 or int(values.max()) > 255:
+        raise MalformedMessageError(
+            f"message data has values in [{int(values.min())}, {int(values.max())}], outside uint8 0..255"
+        )
+    return values.astype(np.uint8)
 
 
 def field_specs(fields: Iterable[Any]) -> tuple[FieldSpec, ...]:
