@@ -159,3 +159,11 @@ def test_method_scalr_trains_student_and_head_with_a_frozen_dinov2(
         assert torch.equal(v, frozen[k]), k
     assert not any(k.startswith("teacher.") for k in method.checkpoint_state())
     assert any(k.startswith("head.") for k in method.checkpoint_state())
+
+
+def test_scalr_loss_is_exported_beside_the_other_losses() -> None:
+    import lidar_ssl_core.losses as losses
+    from lidar_ssl_core.losses import scalr as module
+
+    assert losses.scalr_loss is module.scalr_loss and losses.ScalrLossOptions is module.ScalrLossOptions
+    assert "scalr_loss" in losses.__all__ and "scalr_details" in losses.__all__

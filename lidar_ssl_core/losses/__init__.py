@@ -1,4 +1,4 @@
-"""Image-to-LiDAR pretraining losses: PPKT, SLidR and ST-SLidR (pure torch, any device)."""
+"""Image-to-LiDAR pretraining losses: PPKT, SLidR, ST-SLidR and ScaLR (pure torch, any device)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from lidar_ssl_core.losses.infonce import (
     sample_pairs,
 )
 from lidar_ssl_core.losses.ppkt import gather_pixel_features, ppkt_details, ppkt_loss
+from lidar_ssl_core.losses.scalr import ScalrLossOptions, scalr_details, scalr_loss
 from lidar_ssl_core.losses.slidr import (
     PooledSuperpixels,
     pool_image_features,
@@ -44,6 +45,7 @@ __all__ = [
     "LossInputError",
     "PooledSuperpixels",
     "STForm",
+    "ScalrLossOptions",
     "Tolerance",
     "TolerantOptions",
     "VoteNorm",
@@ -56,6 +58,8 @@ __all__ = [
     "ppkt_details",
     "ppkt_loss",
     "sample_pairs",
+    "scalr_details",
+    "scalr_loss",
     "semantically_tolerant_details",
     "semantically_tolerant_loss",
     "slidr_details",
