@@ -37,8 +37,17 @@ def slow_sample(fmap: torch.Tensor, row: int, col: int, h: int, w: int, align_co
     return out
 
 
-def slow_scalr(  # type: ignore[no-untyped-def]
-    points, teacher, pairing_points, pairing_images, h, w, cos_w, l2_w, level, align_corners
+def slow_scalr(
+    points: torch.Tensor,
+    teacher: torch.Tensor,
+    pairing_points: torch.Tensor,
+    pairing_images: torch.Tensor,
+    h: int,
+    w: int,
+    cos_w: float,
+    l2_w: float,
+    level: str,
+    align_corners: bool,
 ) -> torch.Tensor:
     targets: dict[int, list[torch.Tensor]] = {}
     terms = []
@@ -93,7 +102,8 @@ def test_loss_matches_slow_transcription(cos_w: float, l2_w: float, level: Any, 
     opts = ScalrLossOptions(cosine_weight=cos_w, l2_weight=l2_w, level=level, align_corners=align)
     args = (b["points"], b["teacher"], b["pairing_points"], b["pairing_images"])
     fast = scalr_loss(*args, image_size=b["size"], options=opts)
-    slow = slow_scalr(*args, *b["size"], cos_w, l2_w, level, align)
+    h, w = b["size"]
+    slow = slow_scalr(*args, h, w, cos_w, l2_w, level, align)
     assert float(fast.detach()) == pytest.approx(float(slow.detach()), rel=1e-10)
     g_fast = torch.autograd.grad(fast, b["points"])[0]
     g_slow = torch.autograd.grad(slow, b["points"])[0]
@@ -130,7 +140,7 @@ def test_camera_and_point_sampling_stay_within_each_sample() -> None:
     assert sample_per_group(image_batch, None, gen).tolist() == list(range(7))
     pair_sample = torch.tensor([0] * 10 + [1] * 3)
     kept = sample_per_group(pair_sample, 4, gen)
-    assert pair_sample[kept].tolist() == [0] * 4 + [1] * 3 and kept.unique().numel() == 7
+    assert pair_sample[kept].tolist() == [0] * 4 + [1] * 3 and torch.unique(kept).numel() == 7
 
 
 def test_method_scalr_trains_student_and_head_with_a_frozen_dinov2(
