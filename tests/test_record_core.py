@@ -210,8 +210,15 @@ def test_recorder_keeps_every_synchronized_sample_in_self_contained_shards(
     shards = closed_shards(tmp_path / "rec")
     assert len(shards) >= 3  # 1.5 s of sweeps, 0.55 s per shard
     recorded: set[tuple[int, tuple[tuple[str, int], ...]]] = set()
+    data = load_config().data
+    reference = {f.lidar.stamp_ns: f for f in index_bag(default_bag(), data).frames}
     for shard in shards:  # each shard is a bag of the profile on its own: calibration, poses, frames
         recorded |= _frames(shard)
+        index = index_bag(shard, data)
+        assert index.rig.has_poses()  # /tf around its samples came along (the preamble's history)
+        for frame in index.frames:  # the same ego-motion compensated projection as the source bag
+            want = {v.camera: v.T_cam_lidar for v in reference[frame.lidar.stamp_ns].views}
+            assert max(float(np.abs(v.T_cam_lidar - want[v.camera]).max()) for v in frame.views) < 1e-9
     assert recorded == _frames(default_bag())
     status = recorder.status()
     assert status.sync.groups_emitted == 16 and status.samples_written == 16
