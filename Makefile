@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check -c $(CONSTRAINTS) "$(TORCH)"
 	$(PIP) install -q --disable-pip-version-check -c $(CONSTRAINTS) -e '.[dev,ros]'
+	# the ROS 2 package's nodes as console scripts (colcon builds the same package on a ROS machine)
+	$(PIP) install -q --disable-pip-version-check --no-deps -e ros2_ws/src/lidar_ssl
 	# nuscenes-devkit pins numpy<2 but runs on numpy 2: its dependencies come from the dev extra
 	$(PIP) install -q --disable-pip-version-check -c $(CONSTRAINTS) --no-deps 'nuscenes-devkit>=1.1'
 	touch $(STAMP)
@@ -50,7 +52,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lidar_ssl_core tests benchmarks
+	$(VENV)/bin/ruff check lidar_ssl_core tests benchmarks ros2_ws/src/lidar_ssl
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

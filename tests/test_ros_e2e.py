@@ -136,6 +136,20 @@ def recorded(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> P
                 while not collector.messages["/fleet_recorder/snapshot_done"] and time.monotonic() < deadline:
                     time.sleep(0.1)
             time.sleep(0.1)
+        # the same through the ~/snapshot service (std_srvs/Trigger)
+        from std_srvs.srv import Trigger
+
+        client = collector.node.create_client(Trigger, "/fleet_recorder/snapshot")
+        assert client.wait_for_service(timeout_sec=20), "no /fleet_recorder/snapshot service"
+        future = client.call_async(Trigger.Request())
+        deadline = time.monotonic() + 20
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reply = future.result()
+        RECORDER_IO["snapshot_service"] = (reply.success, reply.message) if reply is not None else None
+        deadline = time.monotonic() + 20
+        while len(collector.messages["/fleet_recorder/snapshot_done"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         code = stop_node(recorder)
         collector.close()
@@ -358,11 +372,14 @@ def test_segmenter_skips_malformed_clouds_and_reloads_a_model_through_lifecycle_
 
 
 def test_recorder_snapshot_and_diagnostics(recorded: Path, recorder_io: dict[str, Any]) -> None:
-    done = recorder_io["snapshot_done"]
-    assert len(done) == 1 and not done[0].startswith("error"), done
-    with BagReader(Path(done[0])) as reader:  # the last ring_seconds (10 s > the 1.6 s bag): everything
-        assert reader.message_count("/lidar/points") == 16
-        assert reader.message_count("/cameras/front/image/compressed") == 16
+    done = recorder_io["snapshot_done"]  # one from ~/snapshot_request, one from the ~/snapshot service
+    assert recorder_io["snapshot_service"] == (True, "snapshot started")
+    assert len(done) == 2 and not any(d.startswith("error") for d in done), done
+    assert done[0] != done[1]
+    for path in done:
+        with BagReader(Path(path)) as reader:  # the last ring_seconds (10 s > the 1.6 s bag): everything
+            assert reader.message_count("/lidar/points") == 16
+            assert reader.message_count("/cameras/front/image/compressed") == 16
     statuses = {
         s.name.split(": ", 1)[1]: s
         for d in recorder_io["diagnostics"]

@@ -217,8 +217,7 @@ class ShardWriter:
                 for msg in reader.raw_messages(on_error="skip"):
                     out.write_raw(msg.topic, msg.log_time_ns, msg.raw)
                     count += 1
-                # BagWriter keeps its rosbags writer private; custom_data is rosbags' own API
-                out._require_open().set_custom_data(CUSTOM_RECOVERED, "; ".join(damage)[:2000])
+                out.set_custom_data(CUSTOM_RECOVERED, "; ".join(damage)[:2000])
             except BaseException:
                 out.abort()
                 raise
