@@ -104,6 +104,13 @@ stamps = st.builds(
 frame_ids = st.one_of(st.sampled_from(["lidar", "/cam", ""]), st.text(max_size=8))
 headers = st.builds(NS, stamp=stamps, frame_id=frame_ids)
 FIELD_NAMES = ["x", "y", "z", "intensity", "ring", "label", "i", "", "rgb"]
+#: ``uint8[]`` payloads of duck-typed messages that are not bytes (typed errors, never numpy's).
+not_bytes: st.SearchStrategy[Any] = st.one_of(
+    st.sampled_from([None, "abc", 3.5, [None, 1], np.array([None] * 4, dtype=object)]),
+    st.lists(st.integers(-(2**70), 2**70), min_size=1, max_size=64).filter(
+        lambda v: min(v) < 0 or max(v) > 255
+    ),
+)
 
 
 def payload_bytes(draw: st.DrawFn, n: int) -> bytes:
@@ -140,6 +147,7 @@ def pointcloud2_messages(draw: st.DrawFn) -> Any:
     data = payload_bytes(draw, n_data)
     as_type = draw(st.sampled_from([bytes, list, np.ndarray]))
     payload: Any = np.frombuffer(data, np.uint8) if as_type is np.ndarray else as_type(data)
+    payload = draw(st.one_of(st.just(payload), st.just(payload), st.just(payload), not_bytes))
     return NS(
         header=draw(headers),
         height=height,
@@ -154,7 +162,9 @@ def pointcloud2_messages(draw: st.DrawFn) -> Any:
 
 
 def _payload_size(msg: Any) -> int:
-    return len(msg.data) if not isinstance(msg.data, np.ndarray) else int(msg.data.nbytes)
+    if isinstance(msg.data, np.ndarray):
+        return int(msg.data.nbytes)
+    return len(msg.data) if isinstance(msg.data, bytes | list | str) else 0
 
 
 # --------------------------------------------------------------------------------- PointCloud2
@@ -291,7 +301,9 @@ def image_messages(draw: st.DrawFn) -> Any:
         encoding=encoding,
         is_bigendian=draw(st.booleans()),
         step=step,
-        data=np.frombuffer(data, np.uint8) if draw(st.booleans()) else data,
+        data=draw(st.sampled_from([np.frombuffer(data, np.uint8), data, data, np.frombuffer(data, np.uint8)]))
+        if draw(st.integers(0, 7))
+        else draw(not_bytes),
     )
 
 
