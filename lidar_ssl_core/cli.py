@@ -26,6 +26,7 @@ from lidar_ssl_core.cli_common import (
     fail,
     parse_sets,
     report_damage,
+    write_run_config,
 )
 from lidar_ssl_core.errors import ConfigError, LidarSslError
 
@@ -216,7 +217,6 @@ def samples(
     """Build paired point / pixel / superpixel training samples and report them (the data path's job)."""
     from tqdm import tqdm
 
-    from lidar_ssl_core.config import dump_config
     from lidar_ssl_core.data.dataset import PairedBagDataset, make_loader
     from lidar_ssl_core.superpixels import Superpixelizer
 
@@ -248,7 +248,7 @@ def samples(
             from lidar_ssl_core.visualize import save_pairs_preview
 
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(dump_config(cfg))
+            write_run_config(out, cfg)
             preview = save_pairs_preview(first_batch, out / "pairs_preview.png")
             console.print(f"preview: {preview}")
     except LidarSslError as err:
@@ -340,7 +340,6 @@ def pretrain(
 
     Multi-GPU: torchrun --nproc-per-node N -m lidar_ssl_core pretrain ... (batch size is per process).
     """
-    from lidar_ssl_core.config import dump_config
     from lidar_ssl_core.train.distributed import init_distributed, shutdown_distributed
     from lidar_ssl_core.train.pretrain import StepStats, build_pretraining
 
@@ -363,7 +362,7 @@ def pretrain(
             console.print(f"resumed from {trainer.checkpoint_path} at step {trainer.global_step}")
         if dist.is_main:  # only once the inputs and any checkpoint were accepted
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "config.yaml").write_text(dump_config(cfg))
+            write_run_config(folder, cfg)
         stop = None if max_steps is None else trainer.global_step + max_steps  # steps of this call
         total = cfg.pretrain.epochs * len(trainer.loader)
         if stop is not None:

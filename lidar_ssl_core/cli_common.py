@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from lidar_ssl_core.errors import BagReadError, ConfigError, LidarSslError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -39,6 +42,15 @@ def fail(err: LidarSslError) -> typer.Exit:
     """Print the error as one unwrapped line (whatever the terminal width) and exit with 1."""
     typer.echo(f"ERROR: {err}", err=True)
     return typer.Exit(1)
+
+
+def write_run_config(folder: Path, config: BaseModel) -> Path:
+    """The resolved configuration as ``folder/config.yaml``, written atomically (a run folder never holds
+    a half-written config that looks complete)."""
+    from lidar_ssl_core.config import dump_config
+    from lidar_ssl_core.fileio import atomic_write_bytes
+
+    return atomic_write_bytes(Path(folder) / "config.yaml", dump_config(config).encode())
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, object]:

@@ -20,6 +20,7 @@ from lidar_ssl_core.cli_common import (
     fail,
     parse_sets,
     report_damage,
+    write_run_config,
 )
 from lidar_ssl_core.errors import ConfigError, LidarSslError
 
@@ -78,7 +79,6 @@ def _train(
     resume: bool,
     strict: bool = False,
 ) -> None:
-    from lidar_ssl_core.config import dump_config
     from lidar_ssl_core.downstream.classes import load_class_map, recorded_class_map
     from lidar_ssl_core.downstream.data import index_labelled_sweeps
     from lidar_ssl_core.downstream.report import write_evaluation_report
@@ -118,7 +118,7 @@ def _train(
     if resume and trainer.resume():
         console.print(f"resumed from {trainer.checkpoint_path} after epoch {trainer.start_epoch}")
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(dump_config(cfg))
+    write_run_config(run, cfg)
     with CountProgress(mode, trainer.epochs, trainer.start_epoch) as bar:
 
         def on_epoch(stats: EpochStats) -> None:
@@ -239,6 +239,10 @@ def segment(
     bag: Annotated[Path, typer.Option(help="input bag")],
     out: Annotated[Path, typer.Option(help="output bag (a copy with the segmentation topic)")],
     topic: Annotated[str, typer.Option(help="output PointCloud2 topic")] = "/lidar/segmentation",
+    lidar_topic: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="input PointCloud2 topic (default: data.profile.lidar_topic, /lidar/points)"),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
     backend: Annotated[str, typer.Option(help="torch | spconv | onnxruntime | tensorrt")] = "torch",
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N (default: cuda if any)")] = None,  # noqa: UP045
@@ -252,7 +256,6 @@ def segment(
     Runs the inference engine of ``lidar-ssl export`` packages; the architecture and voxel grid come
     from the model (restating them is allowed, contradicting them is refused)."""
     from lidar_ssl_core.bag.discover import expand_bags
-    from lidar_ssl_core.deploy.cli import explicit_voxels
     from lidar_ssl_core.deploy.engine import STAGES, Segmentation, load_engine
     from lidar_ssl_core.deploy.spec import check_overrides
     from lidar_ssl_core.downstream.segment_bag import write_segmented_bag
@@ -266,7 +269,7 @@ def segment(
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         engine = load_engine(model, backend=backend, device=dev, threads=threads)
-        check_overrides(engine.spec, preset, explicit_voxels(voxel_mode, voxel_size))  # type: ignore[arg-type]
+        check_overrides(engine.spec, preset, voxel_mode, voxel_size)
         totals = dict.fromkeys(STAGES, 0.0)
 
         def predict(cloud: PointCloud) -> Segmentation:
@@ -277,7 +280,13 @@ def segment(
 
         start = time.perf_counter()
         report = write_segmented_bag(
-            found[0], out, predict, engine.spec.class_map, topic_out=topic, overwrite=overwrite
+            found[0],
+            out,
+            predict,
+            engine.spec.class_map,
+            topic_in=lidar_topic,
+            topic_out=topic,
+            overwrite=overwrite,
         )
         per_sweep = ", ".join(f"{k} {v / max(1, report.sweeps_written):.1f}" for k, v in totals.items())
         console.print(
