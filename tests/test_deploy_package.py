@@ -183,7 +183,7 @@ def test_export_and_segment_commands(checkpoint: Path, tmp_path: Path) -> None:
     conflict = runner.invoke(
         app, ["export", "--model", str(checkpoint), "--out", str(tmp_path / "x"), "--preset", "small"]
     )
-    assert conflict.exit_code == 1 and "'tiny' network but preset 'small'" in conflict.output
+    assert conflict.exit_code == 1 and "`--preset: small` (the checkpoint has tiny)" in conflict.output
     same = runner.invoke(
         app,
         [

@@ -19,23 +19,6 @@ VoxelSize = Annotated[
 ]
 
 
-def explicit_voxels(mode: str | None, size: tuple[float, float, float] | None) -> object:
-    """A VoxelConfig built from what the user typed, or None when nothing was typed."""
-    if mode is None and size is None:
-        return None
-    from lidar_ssl_core.config import VoxelConfig
-
-    values: dict[str, object] = {}
-    if mode is not None:
-        values["mode"] = mode
-    if size is not None:
-        values["size"] = size
-    try:
-        return VoxelConfig.model_validate(values)
-    except ValueError as err:
-        raise ConfigError(f"invalid voxel grid: {err}") from err
-
-
 def export(
     model: Annotated[Path, typer.Option(help="segmentation checkpoint (model_last.pt)")],
     out: Annotated[Path, typer.Option(help="package folder to write")],
@@ -60,7 +43,7 @@ def export(
         if precision not in ("fp16", "fp32"):
             raise ConfigError(f"--precision must be fp16 or fp32, got {precision!r}")
         spec = spec_from_checkpoint(model)
-        check_overrides(spec, preset, explicit_voxels(voxel_mode, voxel_size))  # type: ignore[arg-type]
+        check_overrides(spec, preset, voxel_mode, voxel_size)
         pkg = export_package(
             spec,
             out,

@@ -112,7 +112,7 @@ def export_package(
     """
     dst = Path(out)
     if dst.exists() and not overwrite:
-        raise ModelPackageError(f"{dst} exists; pass overwrite=True (--overwrite) to replace it")
+        raise ModelPackageError(f"{dst} exists already; pass --overwrite to replace it")
     wanted: set[str] = set(formats)
     unknown = wanted - {"onnx", "tensorrt"}
     if unknown:

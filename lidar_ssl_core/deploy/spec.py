@@ -18,7 +18,7 @@ import torch
 
 from lidar_ssl_core.config import VoxelConfig, VoxelMode
 from lidar_ssl_core.downstream.classes import ClassMap, class_map_from_dict
-from lidar_ssl_core.downstream.model import SEGMENTATION_FORMAT, SEGMENTATION_REQUIRED
+from lidar_ssl_core.downstream.model import SEGMENTATION_FORMAT, SEGMENTATION_REQUIRED, refuse_conflicts
 from lidar_ssl_core.errors import ConfigError
 from lidar_ssl_core.models.unet import BackboneConfig
 from lidar_ssl_core.sparse.kernel_map import COORD_MAX
@@ -137,16 +137,28 @@ def spec_from_checkpoint(path: Path | str) -> ModelSpec:
     return spec_from_parts(state, dict(weights), str(path), config)
 
 
-def check_overrides(spec: ModelSpec, preset: str | None = None, voxels: VoxelConfig | None = None) -> None:
-    """Refuse an explicitly given architecture preset or voxel grid that contradicts the model's own."""
-    if preset is not None and preset != spec.backbone.preset:
+def check_overrides(
+    spec: ModelSpec,
+    preset: str | None = None,
+    voxel_mode: str | None = None,
+    voxel_size: tuple[float, float, float] | None = None,
+) -> None:
+    """Refuse a restated ``--preset`` / ``--voxel-mode`` / ``--voxel-size`` that contradicts the model's own
+    (the rule of :func:`~lidar_ssl_core.downstream.model.refuse_conflicts`; only what was given is
+    compared, so restating the size alone of a Cartesian model is fine)."""
+    if voxel_mode is not None and voxel_mode not in {m.value for m in VoxelMode}:
         raise ConfigError(
-            f"{spec.source} is a '{spec.backbone.preset}' network but preset '{preset}' was asked for; "
-            "leave the preset unset (the model describes itself) or use a model of that preset"
+            f"--voxel-mode {voxel_mode!r} is not a voxel mode; choose {', '.join(m.value for m in VoxelMode)}"
         )
-    if voxels is not None and voxels != spec.voxels:
-        raise ConfigError(
-            f"{spec.source} was trained on voxels {spec.voxels.model_dump(mode='json')} but "
-            f"{voxels.model_dump(mode='json')} was asked for; leave the grid unset "
-            "(the model describes itself)"
-        )
+    saved = {
+        "--preset": spec.backbone.preset,
+        "--voxel-mode": spec.voxels.mode,
+        "--voxel-size": spec.voxels.size,
+    }
+    given = {"--preset": preset, "--voxel-mode": voxel_mode, "--voxel-size": voxel_size}
+    refuse_conflicts(
+        spec.source,
+        saved,
+        {k: v for k, v in given.items() if v is not None},
+        "leave these options out (the model describes itself) or use a model made with them",
+    )

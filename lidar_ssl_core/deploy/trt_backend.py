@@ -18,6 +18,7 @@ Not run on the development machine (no GPU); written against the TensorRT 8.6 / 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,9 @@ class TensorRTBackend:
         if self.engine is None:
             raise EngineCompatibilityError("TensorRT could not deserialize the engine (see its log)")
         self.context = self.engine.create_execution_context()
+        # one execution context holds the input shapes and tensor addresses of the call in flight: two
+        # threads segmenting at once (a re-configured node, an application's pool) would mix them
+        self._lock = threading.Lock()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
 
@@ -204,6 +208,10 @@ class TensorRTBackend:
         return graph_tables(coords)
 
     def network(self, features: Tensor, coords: Tensor, maps: Any) -> Tensor:
+        with self._lock:
+            return self._run(features, maps)
+
+    def _run(self, features: Tensor, maps: Any) -> Tensor:
         feeds = {"features": features.float().contiguous(), **maps.feeds()}
         keep = []
         for name in self.inputs:

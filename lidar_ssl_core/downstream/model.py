@@ -81,6 +81,23 @@ def _json(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+def refuse_conflicts(source: object, saved: Mapping[str, Any], given: Mapping[str, Any], how: str) -> None:
+    """The one rule for a self-describing model: a setting given explicitly (``given``: config keys or CLI
+    flags) is refused only when it contradicts the model's own (``saved``, same keys); an equal or unset
+    one is fine. A ``ConfigError`` names every conflicting key with both values and says ``how`` to fix it.
+    """
+    conflicts = [
+        f"`{key}: {_json(given[key])}` (the checkpoint has {_json(value)})"
+        for key, value in saved.items()
+        if key in given and _json(given[key]) != _json(value)
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"{source} was trained with another network or voxel grid than asked for: "
+            f"{'; '.join(conflicts)}. A checkpoint describes its own network: {how}"
+        )
+
+
 def settings_from_checkpoint(path: Path, config: Config) -> dict[str, Any]:
     """Overrides that make ``config`` describe the network and voxel grid of the checkpoint at ``path``.
 
@@ -90,18 +107,12 @@ def settings_from_checkpoint(path: Path, config: Config) -> dict[str, Any]:
     ``export``.
     """
     saved = checkpoint_settings(path)
-    explicit = explicit_settings(config)
-    conflicts = [
-        f"`{key}: {_json(explicit[key])}` (the checkpoint has {_json(value)})"
-        for key, value in saved.items()
-        if key in explicit and _json(explicit[key]) != _json(value)
-    ]
-    if conflicts:
-        raise ConfigError(
-            f"{path} was trained with another network or voxel grid than the configuration asks for: "
-            f"{'; '.join(conflicts)}. A checkpoint describes its own network: remove these settings from "
-            "the config file or -s/--set to use the checkpoint's"
-        )
+    refuse_conflicts(
+        path,
+        saved,
+        explicit_settings(config),
+        "remove these settings from the config file or -s/--set to use the checkpoint's",
+    )
     return saved
 
 

@@ -250,10 +250,10 @@ def write_segmented_bag(
             found = sorted(t for t, mt in topics.items() if mt == _POINTCLOUD2)
             raise ConfigError(
                 f"{src} has no {_POINTCLOUD2} topic {lidar_topic}; PointCloud2 topics in the bag: "
-                f"{found or 'none'} (pass topic_in)"
+                f"{found or 'none'}; choose the input topic with --lidar-topic"
             )
         if topic_out in topics:
-            raise ConfigError(f"{src} already has a topic {topic_out}; choose another topic_out")
+            raise ConfigError(f"{src} already has a topic {topic_out}; choose another output --topic")
         with BagWriter(
             dst,
             distro=distro or in_distro,
