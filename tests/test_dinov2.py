@@ -331,6 +331,31 @@ def test_bad_weights_and_settings_are_named(tmp_path: Path) -> None:
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
+@pytest.mark.parametrize(
+    ("files", "match"),
+    [
+        ({"config.json": b"[1, 2]"}, "holds a JSON list"),
+        ({"config.json": b"\xff\xfe"}, "not readable JSON"),
+        ({"config.json": b'{"layer_norm_eps": "x"}'}, "layer_norm_eps 'x'"),
+        ({"model.safetensors.index.json": b"{"}, "not readable JSON"),
+        ({"model.safetensors.index.json": b'{"weight_map": [1]}'}, "weight_map"),
+        ({"model.safetensors.index.json": b'{"weight_map": {"a": "../w.pth"}}'}, "weight_map"),
+    ],
+)
+def test_malformed_hugging_face_folders_are_checkpoint_errors(
+    files: dict[str, bytes], match: str, tmp_path: Path
+) -> None:
+    """Broken config.json / shard index: a CheckpointError naming the file, not a bare JSON error."""
+    folder = tmp_path / "hf"
+    reference(0, False, seed=5).save_pretrained(folder)
+    if "model.safetensors.index.json" in files:
+        (folder / "model.safetensors").unlink()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    with pytest.raises(CheckpointError, match=match):
+        load_dinov2(folder)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_half_precision_on_cuda_is_close(tmp_path: Path) -> None:
     ref = reference(4, False, seed=5)

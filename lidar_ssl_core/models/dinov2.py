@@ -256,6 +256,17 @@ def official_size_config(size: str, registers: int = 0, image_size: int = 518) -
     return Dinov2Config(**common)
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object (config.json, a shard index), or a CheckpointError naming the file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, expected an object")
+    return value
+
+
 def _read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors and config.json of a Hugging Face model folder (single, sharded or .bin weights)."""
     cfg_path = folder / "config.json"
@@ -263,17 +274,18 @@ def _read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise CheckpointError(
             f"{folder} is a folder without config.json (expected a Hugging Face model folder)"
         )
-    try:
-        raw_config = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path} is not readable JSON: {exc}") from exc
+    raw_config = _read_json_object(cfg_path)
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").is_file():
         return read_tensors(folder / "model.safetensors"), raw_config
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        weight_map = _read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()
+        ):
+            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard files of {folder}")
         sd: dict[str, torch.Tensor] = {}
-        for shard in shards:
+        for shard in sorted(set(weight_map.values())):
             sd.update(read_tensors(folder / shard))
         return sd, raw_config
     if (folder / "pytorch_model.bin").is_file():
@@ -298,8 +310,13 @@ def load_dinov2(
     sd = official_to_hf(sd) if layout == "official" else hf_legacy_to_current(sd)
     sd = {k: v for k, v in sd.items() if not k.startswith(("classifier.", "pooler."))}
     config = infer_config(sd, str(path))
-    if raw_config is not None and raw_config.get("layer_norm_eps") is not None:
-        config.layer_norm_eps = float(raw_config["layer_norm_eps"])
+    eps = None if raw_config is None else raw_config.get("layer_norm_eps")
+    if eps is not None:
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
+            raise CheckpointError(
+                f"{path}/config.json: layer_norm_eps {eps!r} is not a small positive number"
+            )
+        config.layer_norm_eps = float(eps)
     model = build_model(config)
     expected = model.state_dict()
     if "embeddings.mask_token" not in sd and "embeddings.mask_token" in expected:
