@@ -96,6 +96,23 @@ def test_tampered_missing_and_newer_packages_are_refused(package: Path, tmp_path
         load_package(tmp_path)
 
 
+def test_unlisted_files_and_malformed_entries_are_refused(package: Path, tmp_path: Path) -> None:
+    """Every file in the folder is verified: a graph dropped in beside an onnx-less manifest would
+    otherwise be run by the onnxruntime backend unchecked; a malformed entry is a typed error."""
+    extra = _copy(package, tmp_path / "extra")
+    (extra / "network.gather.onnx").write_bytes(b"not listed")
+    with pytest.raises(
+        ModelPackageError, match=r"holds 'network\.gather\.onnx', which manifest\.json does not"
+    ):
+        load_package(extra)
+    bad = _copy(package, tmp_path / "bad")
+    manifest = json.loads((bad / MANIFEST).read_text())
+    manifest["files"]["model.json"] = "abc"
+    (bad / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelPackageError, match=r"entry of model\.json"):
+        load_package(bad)
+
+
 def test_export_refuses_to_overwrite_and_replaces_atomically(package: Path, checkpoint: Path) -> None:
     spec = spec_from_checkpoint(checkpoint)
     with pytest.raises(ModelPackageError, match="exists"):

@@ -116,7 +116,7 @@ def export_package(
     wanted: set[str] = set(formats)
     unknown = wanted - {"onnx", "tensorrt"}
     if unknown:
-        raise ModelPackageError(f"unknown package formats {sorted(unknown)}; choose from onnx, tensorrt")
+        raise ModelPackageError(f"unknown --formats {sorted(unknown)}; choose from onnx, tensorrt")
     if "tensorrt" in wanted:
         from lidar_ssl_core.deploy.trt_backend import check_tensorrt_available
 
@@ -215,11 +215,23 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
-    """Every file the manifest lists exists with its recorded size and sha256."""
+    """Every file the manifest lists exists with its recorded size and sha256, and the folder holds no
+    other file (a backend reads e.g. ``network.onnx`` when present: an unlisted one would run unverified).
+    """
+    unlisted = sorted(
+        p.name for p in folder.iterdir() if p.name != MANIFEST and p.name not in manifest["files"]
+    )
+    if unlisted:
+        raise ModelPackageError(
+            f"{folder} holds {unlisted[0]!r}, which {MANIFEST} does not list (so it cannot be verified); "
+            "remove it or re-export the package"
+        )
     for name, entry in sorted(manifest["files"].items()):
         path = folder / name
         if Path(name).name != name:
             raise ModelPackageError(f"{folder / MANIFEST} lists a file outside the package: {name!r}")
+        if not isinstance(entry, dict):
+            raise ModelPackageError(f"{folder / MANIFEST}: the entry of {name} is not a size and sha256")
         if not path.is_file():
             raise ModelPackageError(f"{path} is missing from the package (listed in {MANIFEST})")
         if path.stat().st_size != entry.get("bytes") or sha256_of(path) != entry.get("sha256"):
