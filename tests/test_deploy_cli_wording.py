@@ -75,3 +75,19 @@ def test_segment_names_its_input_topic_flag(cartesian: Path, tmp_path: Path) -> 
     line = _one_error_line(result.output)
     assert result.exit_code == 1 and "choose another output --topic" in line
     assert sorted(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_package_given_where_a_checkpoint_file_is_needed_is_named_as_such(
+    cartesian: Path, tmp_path: Path
+) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "manifest.json").write_text("{}")
+    for args in (
+        ["evaluate", "--model", str(pkg), "--bags", str(default_bag())],
+        ["probe", "--pretrained", str(pkg), "--run-dir", str(tmp_path / "run")],
+    ):
+        result = runner.invoke(app, args)
+        line = _one_error_line(result.output)
+        assert result.exit_code == 1 and "is a model package, not a checkpoint file" in line
+        assert "does not exist" not in line and "lidar-ssl segment" in line

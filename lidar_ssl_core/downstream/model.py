@@ -33,6 +33,19 @@ SEGMENTATION_REQUIRED = ("format", "model", "backbone", "class_map", "voxels")
 HEAD_PREFIX = "final."
 
 
+def _checkpoint_file(path: Path) -> Path:
+    """``path`` itself, unless it is a folder: then a ``ConfigError`` saying what goes where (a model
+    package is a folder, and "checkpoint ... does not exist" would be untrue)."""
+    path = Path(path)
+    if path.is_dir():
+        kind = "a model package" if (path / "manifest.json").is_file() else "a folder"
+        raise ConfigError(
+            f"{path} is {kind}, not a checkpoint file: --pretrained/--model of probe, finetune and evaluate "
+            "take a .pt checkpoint (e.g. runs/lp/model_last.pt); packages run with `lidar-ssl segment`"
+        )
+    return path
+
+
 def checkpoint_settings(path: Path) -> dict[str, Any]:
     """The architecture and voxel grid a pretraining or segmentation checkpoint was made with, as dotted
     config keys: ``downstream.backbone.preset`` / ``.in_channels`` and ``data.voxels.mode`` / ``.size`` (a key
@@ -40,6 +53,7 @@ def checkpoint_settings(path: Path) -> dict[str, Any]:
 
     Tensors are memory-mapped, not read: this costs next to nothing even for a large checkpoint.
     """
+    path = _checkpoint_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip checkpoint, or unreadable: load_checkpoint words the error
@@ -140,7 +154,9 @@ def load_pretrained_backbone(
     A missing tensor or a shape mismatch is a ``ConfigError`` naming the tensors and both architectures.
     A checkpoint pretrained on another voxel grid is refused too (the reference code asserts the same).
     """
-    state = load_checkpoint(path, formats=(PRETRAIN_FORMAT, SEGMENTATION_FORMAT), required=("format",))
+    state = load_checkpoint(
+        _checkpoint_file(path), formats=(PRETRAIN_FORMAT, SEGMENTATION_FORMAT), required=("format",)
+    )
     kind = "pretraining" if state["format"] == PRETRAIN_FORMAT else "segmentation"
     weights: Mapping[str, torch.Tensor] | None = state.get("backbone" if kind == "pretraining" else "model")
     if not isinstance(weights, Mapping):
@@ -230,7 +246,9 @@ def load_segmentation_model(
     Both backends share one state dict, so a model trained with spconv runs on the portable backend (the
     default: no spconv needed, e.g. on a Jetson or for export) and vice versa.
     """
-    state = load_checkpoint(path, formats=(SEGMENTATION_FORMAT,), required=SEGMENTATION_REQUIRED)
+    state = load_checkpoint(
+        _checkpoint_file(path), formats=(SEGMENTATION_FORMAT,), required=SEGMENTATION_REQUIRED
+    )
     try:
         backbone = BackboneConfig.model_validate({**state["backbone"], "backend": backend})
         class_map = class_map_from_dict(state["class_map"], source=f"class map of {path}")
