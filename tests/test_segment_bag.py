@@ -17,7 +17,7 @@ from lidar_ssl_core.downstream.segment_bag import (
     unpack_rgb,
     write_segmented_bag,
 )
-from lidar_ssl_core.errors import BagWriteError, ConfigError
+from lidar_ssl_core.errors import BagReadError, BagWriteError, ConfigError
 from lidar_ssl_core.msg import make_pointcloud2, make_tf_message, read_cloud, stamp_to_ns
 from lidar_ssl_core.resources import default_bag
 from lidar_ssl_core.types import PointCloud, StampedTransform
@@ -171,3 +171,15 @@ def test_errors_and_atomic_output(tmp_path: Path, segmented: tuple[Path, object]
     with pytest.raises(ValueError, match="returned id 42"):
         write_segmented_bag(default_bag(), tmp_path / "z", broken, SYNTHETIC)
     assert list(tmp_path.iterdir()) == []  # nothing half-written is left behind
+
+
+def test_a_damaged_bag_is_one_clear_refusal_and_writes_nothing(tmp_path: Path) -> None:
+    """segment copies whole bags: a truncated one is refused with a pointer to `lidar-ssl info`."""
+    src = tmp_path / "cut"
+    src.mkdir()
+    for p in default_bag().iterdir():
+        data = p.read_bytes()
+        (src / p.name).write_bytes(data[: 2 * len(data) // 3] if p.suffix == ".mcap" else data)
+    with pytest.raises(BagReadError, match=r"damaged bag cannot be segmented.*lidar-ssl info"):
+        write_segmented_bag(src, tmp_path / "out", label_passthrough(SYNTHETIC), SYNTHETIC)
+    assert not (tmp_path / "out").exists()

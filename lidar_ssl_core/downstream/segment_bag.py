@@ -201,7 +201,8 @@ def _raw_messages(reader: AnyReader, src: Path) -> Iterator[tuple[Connection, in
             return
         except Exception as err:  # a damaged storage file: nothing is written (the writer aborts)
             raise BagReadError(
-                f"{src} cannot be read to the end ({type(err).__name__}: {err}); nothing was written"
+                f"{src} cannot be read to the end ({type(err).__name__}: {err}); nothing was written "
+                "(a damaged bag cannot be segmented: `lidar-ssl info` says what is recoverable)"
             ) from err
         yield conn, log_time, raw
 
@@ -243,7 +244,10 @@ def write_segmented_bag(
         reader = AnyReader([src], default_typestore=default_read_typestore())
         reader.open()
     except Exception as err:  # rosbags raises several types for a path that is no readable bag
-        raise BagReadError(f"cannot read bag {src}: {type(err).__name__}: {err}") from err
+        raise BagReadError(
+            f"cannot read bag {src}: {type(err).__name__}: {err}; a damaged bag cannot be segmented "
+            "(segment copies whole bags only): `lidar-ssl info` says what is recoverable"
+        ) from err
     try:
         topics = {c.topic: c.msgtype for c in reader.connections}
         if topics.get(lidar_topic) != _POINTCLOUD2:
