@@ -89,7 +89,10 @@ def profile_shapes(
     for name, tensor in tables.feeds().items():
         rest = tuple(int(d) for d in tensor.shape[1:])
         opt = int(min(max_voxels, max(1, round(tensor.shape[0] * scale))))
-        shapes[name] = ((1, *rest), (opt, *rest), (max_voxels + 1, *rest))
+        # a position table's rows are a level's voxels (the graph's named dims V1..V16, which features
+        # shares): the same range for all of them; a gather list has up to one row more (its sentinel)
+        hi = max_voxels if name.endswith("_pos") else max_voxels + 1
+        shapes[name] = ((1, *rest), (opt, *rest), (hi, *rest))
     shapes["features"] = ((1, in_channels), (opt_voxels, in_channels), (max_voxels, in_channels))
     return shapes
 
