@@ -11,6 +11,7 @@ CI runs a bounded, derandomized campaign (about a minute on two loaded cores). A
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import tracemalloc
@@ -335,11 +336,21 @@ def test_valid_images_round_trip(h: int, w: int, seed: int, encoding: str) -> No
 # ------------------------------------------------------------------------------ CompressedImage
 
 
+@functools.cache
+def other_codec(ext: str) -> bytes:
+    """A 4000x4000 image in a codec OpenCV decodes but the ROS formats do not name (WebP: 678 bytes)."""
+    ok, enc = cv2.imencode(ext, np.zeros((4000, 4000, 3), np.uint8))
+    assert ok
+    return enc.tobytes()
+
+
 @st.composite
 def compressed_payloads(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["jpeg", "png", "png-claim", "random"]))
+    kind = draw(st.sampled_from(["jpeg", "png", "png-claim", "random", "other"]))
     if kind == "random":
         return draw(st.binary(max_size=300))
+    if kind == "other":
+        return other_codec(draw(st.sampled_from([".webp", ".tiff"])))
     if kind == "png-claim":  # a valid PNG whose header claims any size, from tiny to absurd
         size = st.one_of(st.integers(1, 64), st.sampled_from([2000, 20000, 100000, 2**31 - 1, 2**32 - 1, 0]))
         return png_claiming(draw(size), draw(size), draw(st.binary(max_size=64)))
@@ -357,6 +368,13 @@ def compressed_payloads(draw: st.DrawFn) -> bytes:
             del raw[max(1, pos) :]
         elif kind == "png" and len(raw) >= 24:
             raw[16:24] = struct.pack(">II", draw(st.integers(0, 70000)), draw(st.integers(0, 70000)))
+        elif (
+            kind == "jpeg" and (sof := raw.find(b"\xff\xc0")) > 0
+        ):  # a claimed size, maybe behind stray bytes
+            raw[sof + 5 : sof + 9] = struct.pack(
+                ">HH", draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
+            )
+            raw[sof:sof] = draw(st.binary(max_size=3).filter(lambda b: b"\xff" not in b))
         if not raw:
             break
     return bytes(raw)

@@ -232,6 +232,45 @@ def test_a_bad_view_costs_that_view_not_the_frame(tmp_path: Path) -> None:
     assert "front" not in {v.camera for v in index_bag(path, load_config().data).frames[hit[0]].views}
 
 
+@pytest.mark.parametrize("ext", [".webp", ".tiff", ".bmp"])
+@pytest.mark.parametrize("fmt", ["jpeg", "png", ""])
+def test_other_codecs_are_never_decoded_whatever_the_format_says(
+    ext: str, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenCV decodes WebP/TIFF/BMP too, with no size checked first (2.5 KB of WebP can be 8000x8000)."""
+    ok, enc = cv2.imencode(ext, np.zeros((40, 60, 3), np.uint8))
+    assert ok
+    msg = compressed(enc.tobytes(), fmt)
+    decoded = spy_imdecode(monkeypatch)
+    with pytest.raises(LidarSslError):
+        compressed_image_size(msg)
+    with pytest.raises(LidarSslError):
+        compressed_to_rgb(msg)
+    assert decoded == []
+
+
+def test_a_jpeg_size_behind_stray_bytes_is_still_checked_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libjpeg skips bytes between segments; so must the header walker (or an unread size is decoded)."""
+    ok, enc = cv2.imencode(".jpg", np.full((8, 8, 3), 100, np.uint8))
+    assert ok
+    raw = bytearray(enc.tobytes())
+    sof = raw.find(b"\xff\xc0")
+    raw[sof + 5 : sof + 9] = struct.pack(">HH", 20_000, 20_000)
+    msg = compressed(bytes(raw[:sof] + b"\x00\x01\x02" + raw[sof:]), "jpeg")
+    decoded = spy_imdecode(monkeypatch)
+    assert compressed_image_size(msg, max_pixels=10**9) == (20_000, 20_000)
+    with pytest.raises(MalformedMessageError, match="refused before decoding"):
+        compressed_to_rgb(msg, max_pixels=1_000_000)
+    assert decoded == []
+    ok, small = cv2.imencode(".jpg", np.full((8, 8, 3), 100, np.uint8))
+    raw = bytearray(small.tobytes())
+    sof = raw.find(b"\xff\xc0")
+    stray = compressed(bytes(raw[:sof] + b"\x00\x01" + raw[sof:]), "jpeg")
+    assert compressed_image_size(stray) == (8, 8) and compressed_to_rgb(stray).shape == (8, 8, 3)
+
+
 # ------------------------------------------------------------------------- 4. reduced-scale PNG
 
 

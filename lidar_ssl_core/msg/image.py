@@ -195,14 +195,23 @@ def compressed_kind(fmt: str, data: npt.NDArray[np.uint8] | None = None) -> Lite
 
 
 def _jpeg_header(data: npt.NDArray[np.uint8]) -> tuple[int, int, int] | None:
-    """(width, height, components) from the first SOF marker, walking segment lengths only."""
+    """(width, height, components) from the first SOF marker, walking segment lengths only.
+
+    Bytes between segments that are not a marker are skipped up to the next 0xFF, as libjpeg does
+    (with a "corrupt data" warning): a walker stricter than the decoder would let a header it cannot read
+    reach the decoder unchecked.
+    """
     n = int(data.size)
     if n < 4 or bytes(data[:3]) != JPEG_MAGIC:
         return None
     pos = 2
     while pos + 4 <= n:
         if data[pos] != 0xFF:
-            return None
+            skip = np.flatnonzero(data[pos:] == 0xFF)
+            if skip.size == 0:
+                return None
+            pos += int(skip[0])
+            continue
         marker = int(data[pos + 1])
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -248,25 +257,45 @@ def _check_claimed_size(size: tuple[int, int], fmt: str, max_pixels: int) -> Non
         )
 
 
-def compressed_image_size(msg: Any, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
-    """(width, height) of a CompressedImage from its header bytes (no decoding; decodes as a fallback).
+def _readable_size(data: npt.NDArray[np.uint8], fmt: str) -> tuple[int, int]:
+    """The header's (width, height); a MalformedMessageError when there is no JPEG SOF / PNG IHDR to read.
 
-    A header claiming more than ``max_pixels`` is a ``MalformedMessageError``: whoever sizes buffers from
-    this answer (or decodes next) must not trust a corrupt or hostile header.
+    Nothing is ever decoded without a size read first: OpenCV also decodes WebP, TIFF, BMP, ... whatever
+    the format string says, and a 2.5 KB WebP can claim 8000x8000 (hundreds of MB once decoded).
+    """
+    if data.size == 0:
+        raise MalformedMessageError(f"CompressedImage ('{fmt}') has no data")
+    size = _header_size(data)
+    if size is None:
+        head = bytes(data[:8])
+        what = "JPEG" if head.startswith(JPEG_MAGIC) else "PNG" if head.startswith(PNG_MAGIC) else None
+        raise MalformedMessageError(
+            f"CompressedImage ('{fmt}', {data.size} bytes): "
+            + (
+                f"{what} header without a readable image size"
+                if what
+                else f"data is neither JPEG nor PNG (starts with {head.hex()})"
+            )
+            + "; refused without decoding"
+        )
+    return size
+
+
+def compressed_image_size(msg: Any, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of a CompressedImage from its header bytes (never decodes).
+
+    A header claiming more than ``max_pixels``, or no readable JPEG/PNG header, is a
+    ``MalformedMessageError``: whoever sizes buffers from this answer (or decodes next) must not trust a
+    corrupt or hostile header.
     """
     data = byte_buffer(msg.data)
     fmt = str(msg.format)
-    size = _header_size(data)
-    if size is None:
-        img = _decode(data, cv2.IMREAD_UNCHANGED, fmt)
-        size = int(img.shape[1]), int(img.shape[0])
+    size = _readable_size(data, fmt)
     _check_claimed_size(size, fmt, max_pixels)
     return size
 
 
 def _decode(data: npt.NDArray[np.uint8], flags: int, fmt: str) -> np.ndarray:
-    if data.size == 0:
-        raise MalformedMessageError(f"CompressedImage ('{fmt}') has no data")
     try:
         img = cv2.imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as err:  # e.g. a size beyond OpenCV's own pixel limit
@@ -306,18 +335,17 @@ def compressed_to_rgb(
     data = byte_buffer(msg.data)
     fmt = str(msg.format)
     compressed_kind(fmt, data)  # refuses compressedDepth, video codecs and unknown formats
-    claimed = _header_size(data)
-    if claimed is not None:
-        if expected_size is not None and tuple(claimed) != tuple(expected_size):
-            raise MalformedMessageError(
-                f"CompressedImage ('{fmt}') header says {claimed[0]}x{claimed[1]} but the camera's "
-                f"CameraInfo says {expected_size[0]}x{expected_size[1]}: refused before decoding"
-            )
-        _check_claimed_size(claimed, fmt, max_pixels)
+    claimed = _readable_size(data, fmt)
+    if expected_size is not None and tuple(claimed) != tuple(expected_size):
+        raise MalformedMessageError(
+            f"CompressedImage ('{fmt}') header says {claimed[0]}x{claimed[1]} but the camera's "
+            f"CameraInfo says {expected_size[0]}x{expected_size[1]}: refused before decoding"
+        )
+    _check_claimed_size(claimed, fmt, max_pixels)
     flag = cv2.IMREAD_COLOR
     # Only libjpeg decodes at reduced size (OpenCV's PNG path fails on tiny images): judge by the bytes,
     # not the format string, which may call a PNG "jpeg".
-    if claimed is not None and bytes(data[:3]) == JPEG_MAGIC:
+    if bytes(data[:3]) == JPEG_MAGIC:
         if scale <= 1 / 8:
             flag = cv2.IMREAD_REDUCED_COLOR_8
         elif scale <= 1 / 4:
@@ -327,9 +355,6 @@ def compressed_to_rgb(
     bgr = _decode(data, flag, fmt)
     if bgr.ndim != 3 or bgr.shape[2] != 3:
         raise MalformedMessageError(f"CompressedImage ('{fmt}') decoded to shape {bgr.shape}, not BGR")
-    if claimed is None:  # size known only now (header unreadable without decoding, so full size)
-        claimed = int(bgr.shape[1]), int(bgr.shape[0])
-        _check_claimed_size(claimed, fmt, max_pixels)
     if scale != 1.0:
         width, height = claimed
         target = (max(1, round(width * scale)), max(1, round(height * scale)))
