@@ -91,3 +91,20 @@ def test_a_package_given_where_a_checkpoint_file_is_needed_is_named_as_such(
         line = _one_error_line(result.output)
         assert result.exit_code == 1 and "is a model package, not a checkpoint file" in line
         assert "does not exist" not in line and "lidar-ssl segment" in line
+
+
+def test_segment_on_a_gpu_machine_without_onnxruntime_gpu_runs_onnxruntime_on_the_cpu(
+    cartesian: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default device follows what the backend can use: a GPU with the CPU-only onnxruntime package
+    is not a refusal of ``segment --backend onnxruntime`` without --device."""
+    import onnxruntime
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    out = tmp_path / "seg"
+    args = ["segment", "--model", str(cartesian), "--bag", str(default_bag()), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--backend", "onnxruntime", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "on onnxruntime/cpu" in result.output and out.is_dir()

@@ -151,6 +151,22 @@ def make_backend(
     raise ConfigError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
 
+def default_device(backend: str) -> str:
+    """``cuda`` where the backend can use it here, else ``cpu``: onnxruntime needs its CUDA provider
+    (onnxruntime-gpu) as well as a GPU, so a GPU machine with the CPU-only package runs it on the CPU
+    instead of refusing the default."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime
+        except ImportError:
+            return "cpu"  # the backend's own check words the missing package
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "cpu"
+    return "cuda"
+
+
 def load_engine(
     model: Path | str, backend: str = "torch", device: str = "cpu", threads: int | None = None
 ) -> SegmentationEngine:

@@ -79,7 +79,8 @@ class OnnxRuntimeBackend:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailableError(
                     "backend 'onnxruntime' on CUDA needs onnxruntime-gpu (this install has "
-                    f"{ort.get_available_providers()}); use device 'cpu' or install onnxruntime-gpu"
+                    f"{ort.get_available_providers()}); use device cpu (--device cpu) or install "
+                    "onnxruntime-gpu"
                 )
             providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
         self.reduction = "scatter" if reduction == "scatter" else "gather"

@@ -245,7 +245,10 @@ def segment(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
     backend: Annotated[str, typer.Option(help="torch | spconv | onnxruntime | tensorrt")] = "torch",
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N (default: cuda if any)")] = None,  # noqa: UP045
+    device: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="cpu, cuda, cuda:N (default: cuda where the backend can use it, else cpu)"),
+    ] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads of the backend")] = None,  # noqa: UP045
     preset: Annotated[Optional[str], typer.Option(help="restate the preset (checked)")] = None,  # noqa: UP045
     voxel_mode: Annotated[Optional[str], typer.Option(help="restate the voxel mode (checked)")] = None,  # noqa: UP045
@@ -256,7 +259,7 @@ def segment(
     Runs the inference engine of ``lidar-ssl export`` packages; the architecture and voxel grid come
     from the model (restating them is allowed, contradicting them is refused)."""
     from lidar_ssl_core.bag.discover import expand_bags
-    from lidar_ssl_core.deploy.engine import STAGES, Segmentation, load_engine
+    from lidar_ssl_core.deploy.engine import STAGES, Segmentation, default_device, load_engine
     from lidar_ssl_core.deploy.spec import check_overrides
     from lidar_ssl_core.downstream.segment_bag import write_segmented_bag
     from lidar_ssl_core.types import PointCloud
@@ -265,9 +268,7 @@ def segment(
         found = expand_bags([bag])  # the same discovery as every command that reads bags
         if len(found) != 1:
             raise ConfigError(f"segment takes one bag; {bag} holds {len(found)} (give one of them)")
-        import torch
-
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = device or default_device(backend)
         engine = load_engine(model, backend=backend, device=dev, threads=threads)
         check_overrides(engine.spec, preset, voxel_mode, voxel_size)
         totals = dict.fromkeys(STAGES, 0.0)
