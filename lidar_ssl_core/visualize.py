@@ -87,7 +87,9 @@ def save_pairs_preview(batch: dict[str, Any], path: Path, max_images: int = 6) -
         r, c = divmod(k, cols)
         grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = tile
     grid = np.vstack([grid, range_legend(grid.shape[1])])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), grid[:, :, ::-1]):
-        raise OSError(f"could not write {path}")
-    return path
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(grid[:, :, ::-1]))
+    if not ok:
+        raise OSError(f"could not encode the preview {path}")
+    from lidar_ssl_core import fileio
+
+    return fileio.atomic_write_bytes(path, png.tobytes())  # never a half-written PNG under its name

@@ -1,4 +1,5 @@
-"""A run folder's config.yaml is written atomically: a write that dies leaves the previous file whole."""
+"""A run folder's config.yaml (and the samples preview) are written atomically: a write that dies leaves
+the previous file whole."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_the_cli_writes_the_run_config_through_the_atomic_writer(
     monkeypatch.setattr(fileio, "atomic_write_bytes", spy)
     result = runner.invoke(app, ["samples", "-n", "1", "--workers", "0", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert tmp_path / "config.yaml" in written
+    assert tmp_path / "config.yaml" in written and tmp_path / "pairs_preview.png" in written
     assert "superpixels" in (tmp_path / "config.yaml").read_text()
 
 
