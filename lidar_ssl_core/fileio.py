@@ -6,7 +6,9 @@ renamed over ``<name>`` (``os.replace``), so a reader never sees half a file. A 
 leaves the temporary behind; the next write into the same folder removes such leftovers
 (:func:`remove_stale_temporaries`) when it can prove nobody is still writing them: the process named in
 the file is gone *and* the file's advisory lock (held by a live writer for the whole write, released by
-the kernel when its process dies) can be taken. Only our own name patterns are touched.
+the kernel when its process dies) can be taken. Only our own name patterns are touched. A folder is
+scanned at most once every ``RESCAN_INTERVAL_S`` per process (its first write always scans): a cache folder
+of 30,000 entries costs about 35 ms per scan, which on every write would make filling it quadratic.
 
 The temporary is created with ``os.open(..., 0o666)``, so the kernel applies the umask: the published
 file has the mode of any new file, and the process umask is never changed (``os.umask`` is set-and-get:
@@ -22,6 +24,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +35,21 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.lidar-ssl-(?P<pid>\d+)-\d+\.tmp$")
 _counter = itertools.count()
 _writing: set[str] = set()  # names of the temporaries this process is writing now (any thread)
 _writing_lock = threading.Lock()
+#: Seconds between two scans of one folder for abandoned temporaries by one process.
+RESCAN_INTERVAL_S = 300.0
+_last_scan: dict[str, float] = {}  # folder -> time.monotonic() of this process's last scan of it
+
+
+def _scan_due(folder: Path) -> bool:
+    """Whether this process should scan ``folder`` now (first write into it, or the interval passed)."""
+    key = str(folder.absolute())
+    now = time.monotonic()
+    with _writing_lock:
+        last = _last_scan.get(key)
+        if last is not None and now - last < RESCAN_INTERVAL_S:
+            return False
+        _last_scan[key] = now
+        return True
 
 
 def _legacy_temp(name: str) -> re.Pattern[str]:
@@ -113,14 +131,16 @@ def remove_stale_temporaries(path: Path | str) -> list[Path]:
 def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
     """Write ``path`` through ``write(file)`` atomically: locked temporary sibling, fsync, ``os.replace``.
 
-    The temporary is created with mode 0666 minus the umask (what ``open(path, "w")`` gives), so the
-    published file has the usual mode without touching the process umask. Abandoned temporaries of
-    earlier, killed writers in the same folder are removed first. Any exception removes the temporary
-    and propagates unchanged.
+        The temporary is created with mode 0666 minus the umask (what ``open(path, "w")`` gives), so the
+        published file has the usual mode without touching the process umask. Abandoned temporaries of
+        earlier, killed writers in the same folder are removed first (at most every ``RESCAN_INTERVAL_S``
+    per folder). Any exception removes the temporary
+        and propagates unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    if _scan_due(path.parent):
+        remove_stale_temporaries(path)
     tmp = temp_path(path)
     with _writing_lock:
         _writing.add(tmp.name)

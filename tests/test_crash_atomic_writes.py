@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -162,3 +163,29 @@ def test_written_files_get_the_umask_mode_without_the_umask_being_changed(
     assert calls == []  # never set, not even for a moment: another thread may be creating files
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     assert stat.S_IMODE(ckpt.stat().st_mode) == 0o640
+
+
+def test_a_folder_is_scanned_once_per_interval_not_on_every_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache folder filled entry by entry: scanning it on every write made filling it quadratic."""
+    scans: list[str] = []
+    real_scandir = os.scandir
+
+    def spy(path: Any) -> Any:
+        scans.append(str(path))
+        return real_scandir(path)
+
+    clock = [1000.0]
+    monkeypatch.setattr(fileio.os, "scandir", spy)
+    monkeypatch.setattr(fileio.time, "monotonic", lambda: clock[0])
+    for i in range(50):
+        atomic_write_bytes(tmp_path / f"{i}.png", b"x")
+    assert scans == [str(tmp_path)]
+    abandoned = tmp_path / f".9.png.lidar-ssl-{_dead_pid()}-0.tmp"  # a writer killed meanwhile
+    abandoned.write_bytes(b"x")
+    atomic_write_bytes(tmp_path / "50.png", b"x")
+    assert abandoned.exists() and len(scans) == 1
+    clock[0] += fileio.RESCAN_INTERVAL_S
+    atomic_write_bytes(tmp_path / "51.png", b"x")
+    assert not abandoned.exists() and len(scans) == 2
