@@ -93,7 +93,7 @@ def info(
     """Topics of a bag, its calibration and what synchronisation makes of it."""
     from lidar_ssl_core.bag.discover import expand_bags
     from lidar_ssl_core.bag.reader import BagReader
-    from lidar_ssl_core.data.bag_index import index_bag
+    from lidar_ssl_core.data.bag_index import camera_image_topics, index_bag
 
     try:
         found = expand_bags(bags)  # a missing bag fails here, before the configuration is loaded
@@ -108,6 +108,10 @@ def info(
                 for topic, msgtype in reader.topics.items():
                     table.add_row(topic, msgtype, str(reader.message_count(topic)))
                 Console().print(table)
+                cameras = camera_image_topics(cfg.data.profile, reader.topics)
+            if not cameras:  # e.g. SemanticKITTI without image_2/: a bag for the downstream commands
+                _lidar_only(bag, cfg)
+                continue
             index = index_bag(bag, cfg.data)
             out = Console(soft_wrap=True)
             for line in _report_lines(index.report.lines(), damaged):
@@ -126,6 +130,22 @@ def info(
                 out.print(f"    {_extrinsic(index.rig, cam.frame, stamp, cfg)}")
     except LidarSslError as err:
         raise fail(err) from err
+
+
+def _lidar_only(bag: Path, cfg: Config) -> None:
+    """What ``info`` says of a bag without camera images: no pairs to pretrain on, but labelled sweeps
+    (with the class map the converter recorded) serve probe, finetune, evaluate and segment."""
+    from lidar_ssl_core.bag.reader import read_custom_data
+    from lidar_ssl_core.bag_formats import CLASS_MAP_KEY
+
+    profile = cfg.data.profile
+    class_map = read_custom_data(bag).get(CLASS_MAP_KEY)
+    Console(soft_wrap=True).print(
+        f"  no camera image topic matches {profile.camera_image_topic!r} (data.profile.camera_image_topic): "
+        "a LiDAR-only bag, usable by probe, finetune, evaluate and segment, not by pretrain or samples; "
+        f"class map recorded: {class_map or 'none'}",
+        highlight=False,
+    )
 
 
 def _extrinsic(rig: RigCalibration, frame: str, stamp_ns: int, cfg: Config) -> str:

@@ -211,3 +211,16 @@ def test_info_shows_each_extrinsic_and_where_it_came_from() -> None:
     assert len(lines) == 7 and all(line.rstrip().endswith("from /tf_static") for line in lines)  # LiDAR + 6
     front = next(line for line in lines if "<- front:" in line)
     assert "xyz (1.700, 0.000, 1.550) m" in front and "roll/pitch/yaw (-90.00, 0.00, -90.00) deg" in front
+
+
+@pytest.mark.fixtures
+def test_info_describes_a_lidar_only_converted_bag(semantickitti_root: Path, tmp_path: Path) -> None:
+    """A SemanticKITTI sequence without images converts to a LiDAR-only bag: ``info`` describes it (exit
+    0, its recorded class map) instead of failing on the missing cameras."""
+    out = tmp_path / "sk"
+    args = ["convert", "semantickitti", "--root", str(semantickitti_root), "--sequence", "00", "--out"]
+    assert runner.invoke(app, [*args, str(out)]).exit_code == 0
+    result = runner.invoke(app, ["info", str(out / "sequence_00")])
+    assert result.exit_code == 0, result.output
+    assert "/lidar/points" in result.output and "a LiDAR-only bag" in result.output
+    assert "class map recorded: semantickitti" in result.output
