@@ -108,3 +108,16 @@ def test_segment_on_a_gpu_machine_without_onnxruntime_gpu_runs_onnxruntime_on_th
     result = runner.invoke(app, [*args, "--backend", "onnxruntime", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "on onnxruntime/cpu" in result.output and out.is_dir()
+
+
+def test_segment_refuses_a_conflicting_restatement_before_building_a_backend(
+    cartesian: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lidar_ssl_core.deploy import engine
+
+    built: list[str] = []
+    monkeypatch.setattr(engine, "make_backend", lambda spec, backend, *a: built.append(backend))
+    args = ["segment", "--model", str(cartesian), "--bag", str(default_bag()), "--out", str(tmp_path / "s")]
+    result = runner.invoke(app, [*args, "--backend", "onnxruntime", "--device", "cpu", "--preset", "small"])
+    assert result.exit_code == 1 and "`--preset: small`" in _one_error_line(result.output)
+    assert built == []  # refused before the graph (or a TensorRT engine) was built

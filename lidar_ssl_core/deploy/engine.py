@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +26,7 @@ import torch
 
 from lidar_ssl_core.deploy.backends import Backend, SpconvBackend, TorchBackend, resolve_device
 from lidar_ssl_core.deploy.preprocess import prepare_cloud, split_points
-from lidar_ssl_core.deploy.spec import ModelSpec, spec_from_checkpoint
+from lidar_ssl_core.deploy.spec import ModelSpec, check_overrides, spec_from_checkpoint
 from lidar_ssl_core.errors import ConfigError, PointCloudInputError
 from lidar_ssl_core.types import PointCloud
 
@@ -168,13 +169,20 @@ def default_device(backend: str) -> str:
 
 
 def load_engine(
-    model: Path | str, backend: str = "torch", device: str = "cpu", threads: int | None = None
+    model: Path | str,
+    backend: str = "torch",
+    device: str = "cpu",
+    threads: int | None = None,
+    *,
+    restated: dict[str, Any] | None = None,
 ) -> SegmentationEngine:
     """A ready engine for a model package folder or a segmentation checkpoint (.pt).
 
     ``threads`` sets the CPU threads: torch's (process-wide) setting, which runs the kernel maps and the
     eager networks, and the ONNX Runtime session's. A package is verified first (manifest, hashes,
-    format version).
+    format version). ``restated``: :func:`~lidar_ssl_core.deploy.spec.check_overrides` keyword arguments
+    (``preset``, ``voxel_mode``, ``voxel_size``), checked before any backend is built (a TensorRT build
+    takes minutes).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
@@ -183,6 +191,8 @@ def load_engine(
     if threads is not None and backend != "tensorrt":
         torch.set_num_threads(max(1, int(threads)))  # torch runs the network and/or the kernel maps
     spec, package = _load_spec(path)
+    if restated:
+        check_overrides(spec, **restated)
     impl = make_backend(spec, backend, dev, threads, package)
     log.info(
         "engine: %s (%s, %d classes) on %s/%s", path, spec.backbone.preset, spec.num_classes, backend, dev

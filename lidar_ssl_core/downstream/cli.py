@@ -260,7 +260,6 @@ def segment(
     from the model (restating them is allowed, contradicting them is refused)."""
     from lidar_ssl_core.bag.discover import expand_bags
     from lidar_ssl_core.deploy.engine import STAGES, Segmentation, default_device, load_engine
-    from lidar_ssl_core.deploy.spec import check_overrides
     from lidar_ssl_core.downstream.segment_bag import write_segmented_bag
     from lidar_ssl_core.types import PointCloud
 
@@ -269,8 +268,8 @@ def segment(
         if len(found) != 1:
             raise ConfigError(f"segment takes one bag; {bag} holds {len(found)} (give one of them)")
         dev = device or default_device(backend)
-        engine = load_engine(model, backend=backend, device=dev, threads=threads)
-        check_overrides(engine.spec, preset, voxel_mode, voxel_size)
+        restated = {"preset": preset, "voxel_mode": voxel_mode, "voxel_size": voxel_size}
+        engine = load_engine(model, backend=backend, device=dev, threads=threads, restated=restated)
         totals = dict.fromkeys(STAGES, 0.0)
 
         def predict(cloud: PointCloud) -> Segmentation:
