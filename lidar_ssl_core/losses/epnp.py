@@ -85,7 +85,7 @@ def _system(alphas: torch.Tensor, points2d: torch.Tensor) -> torch.Tensor:
 
 def _pair_differences(points: torch.Tensor) -> torch.Tensor:
     """(..., 6, 3) differences of the six control-point pairs of (..., 4, 3) control points."""
-    i, j = _PAIR_INDEX
+    i, j = (index.to(points.device) for index in _PAIR_INDEX)
     return points[..., i, :] - points[..., j, :]
 
 
@@ -197,25 +197,27 @@ def camera_from_correspondences(points3d: torch.Tensor, pixels: torch.Tensor) ->
         xn = (x - mx) / sx
         un = (u - mu) / su
         n = x.shape[0]
-        xh = torch.cat([xn, torch.ones(n, 1, dtype=x.dtype)], 1)
+        xh = torch.cat([xn, torch.ones(n, 1, dtype=x.dtype, device=x.device)], 1)
         zeros = torch.zeros_like(xh)
         rows_u = torch.cat([xh, zeros, -un[:, :1] * xh], 1)
         rows_v = torch.cat([zeros, xh, -un[:, 1:] * xh], 1)
         _, _, vh = torch.linalg.svd(torch.cat([rows_u, rows_v]), full_matrices=False)
         pn = vh[-1].reshape(3, 4)
-        t_u = torch.tensor([[1 / su, 0, -mu[0] / su], [0, 1 / su, -mu[1] / su], [0, 0, 1]], dtype=x.dtype)
-        t_x = torch.eye(4, dtype=x.dtype)
+        t_u = torch.tensor(
+            [[1 / su, 0, -mu[0] / su], [0, 1 / su, -mu[1] / su], [0, 0, 1]], dtype=x.dtype, device=x.device
+        )
+        t_x = torch.eye(4, dtype=x.dtype, device=x.device)
         t_x[:3, :3] /= sx
         t_x[:3, 3] = -mx / sx
         p = torch.linalg.solve(t_u, pn) @ t_x
-        if (torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1) @ p[2]).mean() < 0:
+        if (torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], 1) @ p[2]).mean() < 0:
             p = -p  # P is defined up to sign: the points must be in front of the camera
         k, r = _rq(p[:, :3])
         scale = k[2, 2]
         k = k / scale
         t = torch.linalg.solve(k, p[:, 3] / scale)
         if torch.linalg.det(r) < 0:  # a mirror: R -> diag(-1, 1, 1) R is a rotation, K takes the flip
-            flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=x.dtype))
+            flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=x.dtype, device=x.device))
             r, k, t = flip @ r, k @ flip, flip @ t
         cam = x @ r.T + t
         proj = cam @ k.T
@@ -225,7 +227,7 @@ def camera_from_correspondences(points3d: torch.Tensor, pixels: torch.Tensor) ->
 
 def _rq(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RQ decomposition ``a = K R`` with K upper triangular with a positive diagonal, R orthogonal."""
-    flip = torch.flip(torch.eye(3, dtype=a.dtype), [0])
+    flip = torch.flip(torch.eye(3, dtype=a.dtype, device=a.device), [0])
     q, r = torch.linalg.qr((flip @ a).T)
     k = flip @ r.T @ flip
     rot = flip @ q.T
