@@ -53,6 +53,10 @@ def test_a_conflicting_restatement_names_the_flag_and_both_values(cartesian: Pat
     assert "`--preset: small` (the checkpoint has tiny)" in line
     code, output = _export(cartesian, tmp_path / "pkg", "--voxel-mode", "polar")
     assert code == 1 and "--voxel-mode 'polar' is not a voxel mode" in _one_error_line(output)
+    code, output = _export(
+        cartesian, tmp_path / "pkg", "--formats", "tensorrt", "--trt-opt-voxels", "5", "--trt-max-voxels", "4"
+    )
+    assert code == 1 and "--trt-opt-voxels (5) <= --trt-max-voxels (4)" in _one_error_line(output)
     code, output = _export(cartesian, tmp_path / "pkg", "--formats", "onnx,openvino")
     assert code == 1 and "unknown --formats ['openvino']" in _one_error_line(output)
     assert not (tmp_path / "pkg").exists()

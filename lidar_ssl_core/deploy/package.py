@@ -120,6 +120,12 @@ def export_package(
     if "tensorrt" in wanted:
         from lidar_ssl_core.deploy.trt_backend import check_tensorrt_available
 
+        if not 1 <= trt_opt_voxels <= trt_max_voxels:
+            raise ModelPackageError(
+                f"the TensorRT profile needs 1 <= --trt-opt-voxels ({trt_opt_voxels}) <= --trt-max-voxels "
+                f"({trt_max_voxels})"
+            )
+
         check_tensorrt_available()  # before anything is written
         wanted.add("onnx")
     tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
