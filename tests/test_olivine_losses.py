@@ -182,3 +182,29 @@ def test_mask_files_are_read_as_class_ids_and_bad_files_are_typed_errors(tmp_pat
         source(np.zeros((8, 10, 3), np.uint8), camera="bag/front", stamp_ns=300)
     with pytest.raises(DatasetError, match="does not exist"):
         MaskFiles(tmp_path / "none")
+
+
+def _statistics_worker(rank: int, world: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    feats = (
+        torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=D) if rank == 0 else torch.tensor([[0.0, 1.0]], dtype=D)
+    )
+    labels = torch.tensor([0, 1]) if rank == 0 else torch.tensor([1])
+    stats = ClassStatistics(num_classes=2, dim=2, alpha=0.5)
+    stats.update(feats, labels)
+    torch.save({"mean": stats.mean}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_class_statistics_agree_between_processes_and_use_the_global_batch(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(  # type: ignore[attr-defined,no-untyped-call]
+        _statistics_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "stats")), nprocs=2
+    )
+    means = [torch.load(tmp_path / f"stats.{r}", weights_only=True)["mean"] for r in range(2)]
+    torch.testing.assert_close(means[0], means[1])
+    # the global batch: class 0 = [1, 0] (one row), class 1 = [0, 1] (two rows); EMA from zero with alpha 0.5
+    torch.testing.assert_close(means[0], torch.tensor([[0.5, 0.0], [0.0, 0.5]], dtype=D))
