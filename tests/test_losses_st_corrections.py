@@ -14,6 +14,7 @@ from lidar_ssl_core.losses import (
     STForm,
     TolerantOptions,
     VoteNorm,
+    pool_image_features,
     pool_superpixels,
     ppkt_details,
     ppkt_loss,
@@ -118,7 +119,11 @@ def _vanishing_batch() -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("form", [STForm.PAPER, STForm.AUTHORS_CODE])
 def test_superpixel_vanishing_at_teacher_resolution_is_dropped(form: STForm) -> None:
+    """The code form's nearest-resized pooling loses superpixel 9; the paper form's area pooling keeps it,
+    so there it is given no teacher feature explicitly (a zero cell holding only 9 and part of 0)."""
     b = _vanishing_batch()
+    if form is STForm.PAPER:
+        b["teacher"][:, :, 0, 0] = 0.0
     opts = TolerantOptions(k_fraction=0.3, form=form)
     args = (
         b["points"],
@@ -231,3 +236,26 @@ def test_ppkt_and_slidr_details() -> None:
     assert torch.equal(p.anchors, idx) and p.per_anchor.shape == (20,)
     loss = ppkt_loss(pts, pix, pairing, num_matches=20, generator=torch.Generator().manual_seed(7))
     assert float(p.loss) == pytest.approx(float(loss), rel=1e-12)
+
+
+def test_paper_form_pools_the_teacher_over_every_pixel_of_a_superpixel() -> None:
+    """A ViT/14 map: each pixel takes the patch holding its centre (not the top-left pixel's superpixel per
+    patch, which moved half the patches of real nuScenes crops to a neighbour), and nothing vanishes."""
+    g = torch.Generator().manual_seed(3)
+    H, W, h, w = 42, 70, 3, 5
+    sp = torch.randint(0, 30, (1, H, W), generator=g)
+    sp[0, 20, 33] = 30  # a one-pixel superpixel: vanishes under nearest resizing
+    teacher = torch.randn(1, 6, h, w, generator=g, dtype=D)
+    ids = torch.unique(sp)
+    rows = ((torch.arange(H) + 0.5) * h / H).floor().long()
+    cols = ((torch.arange(W) + 0.5) * w / W).floor().long()
+    up = teacher[:, :, rows][:, :, :, cols].permute(0, 2, 3, 1)
+    expected = torch.stack([up[sp == s].mean(0) for s in ids.tolist()])
+    got = pool_image_features(teacher, sp, ids, area=True)
+    assert float((got - expected).abs().max()) < 1e-12
+    assert bool(pool_image_features(teacher, sp, ids)[-1].eq(0).all())  # nearest: 30 vanished
+    pix = torch.tensor([[0, 20, 33], [0, 0, 0], [0, 41, 69], [0, 10, 50]])
+    points = _unit(4, 5, seed=2)
+    images = F.normalize(torch.randn(1, 5, H, W, generator=g, dtype=D), dim=1)
+    d = st_slidr_details(points, images, teacher, torch.arange(4), pix, sp, options=TolerantOptions())
+    assert d.dropped.numel() == 0 and 30 in d.anchors.tolist()

@@ -64,19 +64,51 @@ def nearest_resize_superpixels(superpixels: torch.Tensor, size: tuple[int, int])
     return superpixels[:, rows][:, :, cols]
 
 
+def _area_pool(image_feats: torch.Tensor, superpixels: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, C) mean over each superpixel's pixels of the map, each pixel taking the cell that holds its centre.
+
+    Equal to nearest-upsampling the (I, C, h, w) map to the (I, H, W) superpixels and averaging, without
+    building the upsampled map: one (superpixel, cell) pair count per distinct pair.
+    """
+    i_n, c, h, w = image_feats.shape
+    _, hh, ww = superpixels.shape
+    dev = superpixels.device
+    rows = torch.div((2 * torch.arange(hh, device=dev) + 1) * h, 2 * hh, rounding_mode="floor")
+    cols = torch.div((2 * torch.arange(ww, device=dev) + 1) * w, 2 * ww, rounding_mode="floor")
+    cell = (rows[:, None] * w + cols[None, :]).unsqueeze(0) + (torch.arange(i_n, device=dev) * h * w)[
+        :, None, None
+    ]
+    sp, cell = superpixels.reshape(-1), cell.reshape(-1)
+    valid = sp >= 0
+    pairs, counts = torch.unique(sp[valid] * (i_n * h * w) + cell[valid], return_counts=True)
+    ids, cells = torch.div(pairs, i_n * h * w, rounding_mode="floor"), pairs % (i_n * h * w)
+    flat = image_feats.permute(0, 2, 3, 1).reshape(-1, c)
+    weight = counts.to(flat.dtype)
+    sums = flat.new_zeros((n, c)).index_add(0, ids, flat[cells] * weight[:, None])
+    totals = flat.new_zeros(n).index_add(0, ids, weight)
+    return sums / totals.clamp_min(1).unsqueeze(1)
+
+
 def pool_image_features(
-    image_feats: torch.Tensor, superpixels: torch.Tensor, ids: torch.Tensor
+    image_feats: torch.Tensor, superpixels: torch.Tensor, ids: torch.Tensor, *, area: bool = False
 ) -> torch.Tensor:
     """Mean of ``image_feats`` (I, C, h, w) over each superpixel in ``ids`` (M,) -> (M, C).
 
-    ``superpixels`` (I, H, W) is nearest-resized to (h, w) when they differ (ST-SLidR pools the frozen
-    stride-4 teacher features this way); a superpixel that vanishes at that resolution gets a zero row.
+    When (h, w) differs from the superpixels' (I, H, W): ``area=False`` nearest-resizes the superpixels to
+    (h, w) (the ST-SLidR code's pooling of its stride-4 teacher features; a superpixel that vanishes at that
+    resolution gets a zero row, and each cell takes the superpixel of its top-left pixel, half a cell off:
+    7 px for a ViT/14); ``area=True`` averages over every pixel of the superpixel the cell holding that
+    pixel's centre (no superpixel vanishes, nothing is shifted).
     """
     if image_feats.ndim != 4 or superpixels.ndim != 3 or image_feats.shape[0] != superpixels.shape[0]:
         raise LossInputError(
             f"image_feats (I, C, h, w) {tuple(image_feats.shape)} and superpixels (I, H, W) "
             f"{tuple(superpixels.shape)} must have the same number of images I"
         )
+    if area and tuple(image_feats.shape[2:]) != tuple(superpixels.shape[1:]):
+        sp_all = superpixels.long()
+        n = int(max(int(sp_all.max()), int(ids.max()) if ids.numel() else -1)) + 1
+        return _area_pool(image_feats, sp_all, n)[ids]
     sp = nearest_resize_superpixels(superpixels.long(), (image_feats.shape[2], image_feats.shape[3]))
     n = int(max(int(sp.max()), int(ids.max()) if ids.numel() else -1)) + 1
     flat = image_feats.permute(0, 2, 3, 1).reshape(-1, image_feats.shape[1])

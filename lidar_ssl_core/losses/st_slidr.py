@@ -11,7 +11,11 @@ similarity alpha_ij = <f_i, f_j> of the l2-normalised pooled features f of the *
 * Balancing (Eq. 7): v_i = sum_j alpha_ij, v_i <- (v_i - v_min) / (v_max - v_min), w_i = 1 - v_i,
       L_ST = sum_i w_i L_i / sum_i w_i          (without balancing: mean_i L_i)
 
-Anchors without a teacher feature (a superpixel that vanishes at the teacher's resolution pools to a zero
+The teacher feature of a superpixel is the mean over its pixels of the frozen map, each pixel taking the
+map cell that holds its centre (``PAPER``; nothing vanishes, nothing is shifted) or, as the released code
+does, of the cells whose top-left pixel it owns after nearest-resizing the superpixels (``AUTHORS_CODE``;
+at a ViT's stride 14 that moves about half the patches of a nuScenes crop to a neighbouring superpixel).
+Anchors without a teacher feature (a superpixel that vanishes under nearest resizing pools to a zero
 vector; a pixel sampled outside the map is zero) have an all-zero alpha row and column, alpha_ii = 0. Both
 forms drop them (as anchors and as negatives) before anything else: kept, such an anchor loses every
 negative in the paper's kNN (loss 0 with weight 1), pulls v_min to 0 and shifts every other weight.
@@ -36,6 +40,7 @@ kNN                    K = floor(k_fraction*M) largest alpha_ij,  per-row linear
                                                                   with alpha == 1 also masked
 L_alpha                (1 - alpha') s_ij                           (1 - clip(alpha')) s_ij
 votes                  sum_j alpha_ij (diagonal included)         same after zeroing alpha < 0.5 (noise)
+teacher pooling        every pixel, cell holding its centre       nearest-resized superpixels (top-left)
 no teacher feature     dropped (alpha_ii == 0)                    dropped (clipped row sums to 0)
 =====================  =========================================  ============================================
 
@@ -313,7 +318,8 @@ def st_slidr_details(
         point_feats, image_feats, pairing_points, pairing_images, superpixels, pairing_superpixels
     )
     gather = gather or identity
-    teacher = gather(pool_image_features(teacher_feats.detach(), superpixels, pooled.ids))
+    area = options.form is STForm.PAPER  # the code form keeps the released nearest-resized pooling
+    teacher = gather(pool_image_features(teacher_feats.detach(), superpixels, pooled.ids, area=area))
     q, k = gather(pooled.points), gather(pooled.pixels)
     if q.shape[0] == 0:
         raise LossInputError(
