@@ -208,3 +208,28 @@ def test_class_statistics_agree_between_processes_and_use_the_global_batch(tmp_p
     torch.testing.assert_close(means[0], means[1])
     # the global batch: class 0 = [1, 0] (one row), class 1 = [0, 1] (two rows); EMA from zero with alpha 0.5
     torch.testing.assert_close(means[0], torch.tensor([[0.5, 0.0], [0.0, 0.5]], dtype=D))
+
+
+def test_weak_label_masks_recorded_in_the_bag_are_extracted_to_files(tmp_path: Path) -> None:
+    from lidar_ssl_core.bag.writer import BagWriter
+    from lidar_ssl_core.data.weak_labels import extract_weak_masks
+    from lidar_ssl_core.msg.image import make_image
+
+    mask = np.full((6, 8), 255, np.uint8)
+    mask[3:, 2:] = 4
+    with BagWriter(tmp_path / "drive") as writer:
+        for camera in ("front", "back"):
+            writer.add_topic(f"/cameras/{camera}/weak_labels", "sensor_msgs/msg/Image")
+            for stamp in (100, 200):
+                image = mask.copy()
+                image[0, 0] = 1 if stamp == 200 else 255
+                msg = make_image(writer.typestore, image, stamp, camera, encoding="mono8")
+                writer.write(f"/cameras/{camera}/weak_labels", stamp, msg)
+    written = extract_weak_masks(tmp_path / "drive", tmp_path / "masks")
+    assert len(written) == 4
+    source = MaskFiles(tmp_path / "masks")
+    got = source(np.zeros((6, 8, 3), np.uint8), camera="drive/back", stamp_ns=200)
+    assert int(got[5, 7]) == 4 and int(got[0, 0]) == 1 and int(got[0, 1]) == 255  # ids as recorded
+    assert np.array_equal(source(np.zeros((6, 8, 3), np.uint8), camera="drive/front", stamp_ns=100), mask)
+    with pytest.raises(DatasetError, match="no topic matching"):
+        extract_weak_masks(tmp_path / "drive", tmp_path / "other", topic_pattern="/{camera}/semantic")
