@@ -83,6 +83,23 @@ def test_parity_on_the_embedded_bag(engines: dict[str, SegmentationEngine]) -> N
     )
 
 
+def test_one_engine_serves_two_threads_at_once(engines: dict[str, SegmentationEngine]) -> None:
+    """The live node's worker and, e.g., an application's pool may share an engine: concurrent calls give
+    the results of sequential ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with BagReader(default_bag()) as reader:
+        clouds = [cloud_to_pointcloud(m.msg) for m in list(reader.messages(["/lidar/points"]))[:2]]
+    for name in ("torch", "onnxruntime"):
+        engine = engines[name]
+        alone = [engine.segment(c) for c in clouds]
+        with ThreadPoolExecutor(2) as pool:
+            together = list(pool.map(engine.segment, clouds * 2))
+        for a, b in zip(alone * 2, together, strict=True):
+            assert int((a.labels != b.labels).sum()) == 0, name
+            assert float(np.abs(a.scores - b.scores).max()) <= 1e-6, name
+
+
 def test_parity_on_a_nuscenes_scan(engines: dict[str, SegmentationEngine], nuscenes_root: Path) -> None:
     _assert_parity(engines, _nuscenes(nuscenes_root))
 
