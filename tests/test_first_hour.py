@@ -224,3 +224,24 @@ def test_info_describes_a_lidar_only_converted_bag(semantickitti_root: Path, tmp
     assert result.exit_code == 0, result.output
     assert "/lidar/points" in result.output and "a LiDAR-only bag" in result.output
     assert "class map recorded: semantickitti" in result.output
+
+
+@pytest.mark.fixtures
+def test_evaluate_on_another_datasets_bag_does_not_advise_a_setting_it_ignores(
+    semantickitti_root: Path, tmp_path: Path
+) -> None:
+    """evaluate uses the model's class map: advising `-s downstream.class_map` there would change nothing."""
+    from lidar_ssl_core.deploy.demo import random_segmentation_checkpoint
+    from lidar_ssl_core.downstream.classes import SYNTHETIC
+
+    model = random_segmentation_checkpoint(tmp_path / "synthetic.pt", SYNTHETIC)
+    out = tmp_path / "sk"
+    args = ["convert", "semantickitti", "--root", str(semantickitti_root), "--sequence", "00", "--out"]
+    assert runner.invoke(app, [*args, str(out)]).exit_code == 0
+    result = runner.invoke(
+        app, ["evaluate", "--model", str(model), "--bags", str(out), "--out", str(tmp_path)]
+    )
+    errors = [line for line in result.output.splitlines() if line.startswith("ERROR:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "ignores 100.0%" in errors[0] and "carries its own class map" in errors[0]
+    assert "-s downstream.class_map" not in errors[0]

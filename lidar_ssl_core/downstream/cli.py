@@ -221,7 +221,11 @@ def evaluate(
         index = index_labelled_sweeps(bags, data)
         _report_index(index)
         dataset = LabelledSweepDataset(index.sweeps, data, seg.class_map, train=False)
-        check_class_map(dataset)
+        check_class_map(
+            dataset,
+            remedy=f"{model} carries its own class map (downstream.class_map does not apply to evaluate): "
+            "evaluate it on bags labelled in its dataset's ids",
+        )
         loader: DataLoader[Any] = DataLoader(
             dataset, batch_size=cfg.downstream.batch_size, collate_fn=collate_sweeps
         )

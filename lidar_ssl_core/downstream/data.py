@@ -259,12 +259,19 @@ def collate_sweeps(items: Sequence[LabelledSweep | SkippedSweep]) -> dict[str, A
 IGNORED_WARN, IGNORED_REFUSE = 0.5, 0.95
 
 
-def check_class_map(dataset: LabelledSweepDataset, n_sweeps: int = 3) -> float:
+#: what to do about a wrong class map when it is a setting (probe, finetune)
+SET_CLASS_MAP = (
+    "set `downstream.class_map: NAME` (-s downstream.class_map=NAME; nuscenes, semantickitti, "
+    "synthetic or a YAML file)"
+)
+
+
+def check_class_map(dataset: LabelledSweepDataset, n_sweeps: int = 3, remedy: str = SET_CLASS_MAP) -> float:
     """Share of the points of a few sweeps that the class map ignores; refuse an obviously wrong map.
 
     A map that ignores nearly every point (e.g. the synthetic map on SemanticKITTI ids) would train and
     score on a handful of points (a perfect mIoU on 4 points is not a result), so at 95 % it is a
-    ``ConfigError`` naming the raw ids seen; above 50 % a warning.
+    ``ConfigError`` naming the raw ids seen and ``remedy``; above 50 % a warning.
     """
     positions = np.unique(np.linspace(0, len(dataset) - 1, num=min(n_sweeps, len(dataset))).astype(int))
     raw_ids: list[npt.NDArray[np.int64]] = []
@@ -286,9 +293,7 @@ def check_class_map(dataset: LabelledSweepDataset, n_sweeps: int = 3) -> float:
         common = ", ".join(str(int(i)) for i in ids[np.argsort(-counts)][:8])
         message = (
             f"class map '{dataset.class_map.name}' ignores {100 * ignored:.1f}% of the labelled points "
-            f"(most frequent raw ids: {common}); is it the dataset's map? "
-            "set `downstream.class_map: NAME` (-s downstream.class_map=NAME; nuscenes, semantickitti, "
-            "synthetic or a YAML file)"
+            f"(most frequent raw ids: {common}); is it the dataset's map? {remedy}"
         )
         if ignored >= IGNORED_REFUSE:
             raise ConfigError(message)
