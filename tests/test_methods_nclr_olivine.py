@@ -162,3 +162,29 @@ def test_weak_labels_ride_through_the_augmentations_with_their_pixels(world: dic
     agree = float((labels[labelled] == point_labels[labelled]).double().mean())
     assert agree > 0.85, agree  # exact masks: a pair's label is its point's class (edges and occlusion aside)
     assert batch["weak_labels"].shape[0] == batch["images"].shape[0]
+
+
+@pytest.mark.parametrize("arch", ["dinov2", "filterbank"])
+def test_olivine_sem_map_is_upsampled_like_the_teachers_pp_map(arch: str, tmp_path: Path) -> None:
+    """With the sem head equal to the teacher's pp head, both per-pixel maps must be equal: ViT maps are
+    upsampled at patch centres (align_corners=False), ResNet-like maps at the corners."""
+    from test_dinov2 import reference
+
+    from lidar_ssl_core.train.methods import MethodSetup, build_method
+
+    teacher: dict[str, Any] = {"arch": arch, "out_dim": 8}
+    if arch == "dinov2":
+        reference(0, False, seed=3).save_pretrained(tmp_path / "hf")
+        teacher["weights"] = tmp_path / "hf"
+    config = PretrainConfig.model_validate(
+        {"method": "olivine", "teacher": teacher, "olivine": {"mask_dir": tmp_path}}
+    )
+    method: Any = build_method(config, MethodSetup(student_dim=8))
+    assert method.teacher.aligns_corners == (arch != "dinov2")
+    method.sem_head_2d.load_state_dict(method.teacher.head.state_dict())
+    images = torch.rand(1, 3, 50, 100, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = method.teacher(images)
+        sem = method.semantic_map(out.backbone_features, images.shape[-2:], StepContext())
+    assert sem.shape == out.pixel_features.shape == (1, 8, 50, 100)
+    assert float((sem - out.pixel_features).abs().max()) < 1e-5

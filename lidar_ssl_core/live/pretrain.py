@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lidar_ssl_core.bag.discover import expand_bags
-from lidar_ssl_core.cli_common import parse_sets
-from lidar_ssl_core.config import Config, dump_config, load_config
+from lidar_ssl_core.cli_common import parse_sets, write_run_config
+from lidar_ssl_core.config import Config, load_config
 from lidar_ssl_core.live.config import PretrainNodeConfig
 from lidar_ssl_core.record.shards import closed_shards
 
@@ -119,8 +119,7 @@ class ContinualPretraining:
             try:
                 if trainer.resume():
                     log.info("resumed %s at step %d", trainer.checkpoint_path, trainer.global_step)
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "config.yaml").write_text(dump_config(cfg))
+                write_run_config(folder, cfg)  # atomic: never a half-written config.yaml
                 self._report(
                     state="training", bags=len(bags), rebuilds=self.progress.rebuilds + 1, message=""
                 )

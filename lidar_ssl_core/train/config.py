@@ -167,6 +167,13 @@ class OlivineOptions(_Section):
     )
 
 
+#: schedule settings a method runs with unless the configuration sets them (a key set there wins)
+METHOD_SCHEDULE_DEFAULTS: dict[str, dict[str, object]] = {
+    # ScaLR (Puy et al. 2024): 3,500-iteration linear warm-up, then a per-iteration cosine to 1e-5
+    "scalr": {"schedule": "warmup_cosine", "warmup_steps": 3500, "min_lr": 1e-5},
+}
+
+
 class PretrainConfig(_Section):
     """One pretraining run."""
 
@@ -175,13 +182,30 @@ class PretrainConfig(_Section):
         description="a registered method (lidar_ssl_core/train/methods/): ppkt | slidr | st-slidr | st-ppkt "
         "| nclr | olivine | scalr",
     )
-    epochs: int = Field(50, ge=1, description="training epochs; the cosine schedule reaches 0 at the last")
+    epochs: int = Field(
+        50, ge=1, description="training epochs; the cosine schedules reach min_lr at the end of the last"
+    )
     lr: float = Field(0.5, gt=0, description="initial SGD learning rate")
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
     dampening: float = Field(0.1, ge=0, description="SGD dampening")
     weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay")
-    schedule: Literal["cosine", "constant"] = Field(
-        "cosine", description="cosine: annealed per epoch from lr to 0 (CosineAnnealingLR, T_max=epochs)"
+    schedule: Literal["cosine", "warmup_cosine", "constant"] = Field(
+        "cosine",
+        description="cosine: annealed once per epoch from the optimiser's lr to min_lr (CosineAnnealingLR, "
+        "T_max=epochs; the SLidR family); warmup_cosine: per optimiser step, linear warm-up from 0 over "
+        "warmup_steps, then cosine to min_lr at the last step (ScaLR; the default of --method scalr); "
+        "constant: no schedule. Applies to the method's own optimiser too (scalr.lr, nclr.lr)",
+    )
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="warmup_cosine: optimiser steps of the linear warm-up (--method scalr: 3500, ScaLR's)",
+    )
+    min_lr: float = Field(
+        0.0,
+        ge=0,
+        description="where the cosine schedules end (absolute lr, every parameter group; --method scalr: "
+        "1e-5, ScaLR's)",
     )
     amp: bool = Field(True, description="mixed precision; used on CUDA only, ignored on CPU")
     amp_dtype: Literal["float16", "bfloat16"] = Field("bfloat16", description="autocast dtype on CUDA")
@@ -204,6 +228,16 @@ class PretrainConfig(_Section):
     scalr: ScalrOptions = ScalrOptions()
     nclr: NclrOptions = NclrOptions()
     olivine: OlivineOptions = OlivineOptions()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_schedule_defaults(cls, data: object) -> object:
+        """Schedule keys the configuration leaves out take the method's (METHOD_SCHEDULE_DEFAULTS)."""
+        if not isinstance(data, dict):
+            return data
+        defaults = METHOD_SCHEDULE_DEFAULTS.get(str(data.get("method", "slidr")), {})
+        missing = {k: v for k, v in defaults.items() if k not in data}
+        return {**data, **missing} if missing else data
 
     @field_validator("method")
     @classmethod

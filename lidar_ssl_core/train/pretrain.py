@@ -64,6 +64,7 @@ from lidar_ssl_core.train.methods import (
     method_class,
 )
 from lidar_ssl_core.train.scalars import ScalarLog
+from lidar_ssl_core.train.schedule import build_scheduler, steps_every_iteration
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ RUN_DEFINING_KEYS = (
     "dampening",
     "weight_decay",
     "schedule",
+    "warmup_steps",
+    "min_lr",
     "seed",
     "backbone",
     "teacher",
@@ -276,6 +279,7 @@ class Pretrainer:
         self.loader = loader
         self.optimizer = optimizer
         self.scheduler = scheduler
+        self._per_step_schedule = steps_every_iteration(config)  # else stepped at epoch ends
         self.use_amp = config.amp and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -334,9 +338,11 @@ class Pretrainer:
                 if not finite
                 else "a non-finite loss on another process"
             )
+            key = self.method.lr_setting()
             raise TrainingError(
                 f"{what} at epoch {self.epoch} step {self.step_in_epoch} (rank {self.dist.rank}, "
-                f"frames {batch.get('sources')}); lower the learning rate or check the inputs"
+                f"frames {batch.get('sources')}); lower the learning rate `{key}` (now "
+                f"{self.optimizer.param_groups[0]['lr']:.3g}; -s {key}=...) or check the inputs"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
@@ -387,6 +393,8 @@ class Pretrainer:
                 loss = self.train_step(batch)
                 self.step_in_epoch += 1
                 self.global_step += 1
+                if self.scheduler is not None and self._per_step_schedule:
+                    self.scheduler.step()  # before any checkpoint below: a resumed run stays exact
                 now = time.perf_counter()
                 stats = self._stats(loss, lr, batch, now - tick)
                 tick = now
@@ -398,7 +406,7 @@ class Pretrainer:
                     self.save()
             self.epoch += 1
             self.step_in_epoch = 0
-            if self.scheduler is not None:
+            if self.scheduler is not None and not self._per_step_schedule:
                 self.scheduler.step()
             self.save()
         return self._stop(result, finished=True)
@@ -663,11 +671,7 @@ def build_pretraining(
         backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)  # type: ignore[no-untyped-call,assignment]
     method = build_method(config, MethodSetup(student_dim=config.backbone.out_dim, voxels=data_config.voxels))
     optimizer = method.build_optimizer(method.parameter_groups(backbone))
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=0.0)
-        if config.schedule == "cosine"
-        else None
-    )
+    scheduler = build_scheduler(config, optimizer, len(loader))
     log.info(
         "pretraining %s: %d frames, %d batches/epoch, %d epochs",
         config.method,

@@ -11,7 +11,8 @@ The interface, in the order the trainer uses it:
 - ``batch_keys``: the batch keys it reads (checked before every step, with a clear error);
 - ``prepare_batch``: an optional change of the batch before the backbone runs (NCLR perturbs the cloud);
 - ``forward``: loss and logged terms from the batch and the backbone features;
-- ``parameter_groups`` / ``build_optimizer``: its optimiser over backbone + own trainable parameters;
+- ``parameter_groups`` / ``build_optimizer`` / ``lr_setting``: its optimiser over backbone + own trainable
+  parameters (``pretrain.schedule`` wraps whichever it builds) and the config key of its learning rate;
 - ``checkpoint_state`` / ``load_checkpoint_state``: what a checkpoint stores of it (frozen, rebuildable
   weights are left out);
 - ``after_step``: a hook after each optimiser step (moving statistics, warm-ups).
@@ -127,6 +128,10 @@ class PretrainMethod(nn.Module):
     def parameter_groups(self, backbone: nn.Module) -> list[dict[str, Any]]:
         """Optimiser groups over the backbone and the method's trainable parameters (one by default)."""
         return [{"params": [*backbone.parameters(), *self.trainable_parameters()]}]
+
+    def lr_setting(self) -> str:
+        """The config key of the learning rate :meth:`build_optimizer` uses (named in error messages)."""
+        return "pretrain.lr"
 
     def build_optimizer(self, groups: Sequence[dict[str, Any]]) -> torch.optim.Optimizer:
         """SGD with ``pretrain.lr``, ``momentum``, ``dampening``, ``weight_decay`` (the SLidR family)."""

@@ -168,6 +168,9 @@ class NCLR(PretrainMethod):
         return out
 
     # --- optimisation -------------------------------------------------------------------------------------
+    def lr_setting(self) -> str:
+        return "pretrain.nclr.lr"
+
     def build_optimizer(self, groups: Sequence[dict[str, Any]]) -> torch.optim.Optimizer:
         """AdamW (paper: lr 1e-3, weight decay 1e-3)."""
         opts = self.config.nclr

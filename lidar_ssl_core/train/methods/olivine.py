@@ -18,7 +18,7 @@ Weak labels come from mask files made offline (:class:`~lidar_ssl_core.data.weak
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lidar_ssl_core.errors import ConfigError
-from lidar_ssl_core.losses import gather_pixel_features, infonce
-from lidar_ssl_core.losses.infonce import sample_pairs
+from lidar_ssl_core.losses.infonce import infonce, sample_pairs
 from lidar_ssl_core.losses.olivine import ClassStatistics, dcas_sample, l2, supcon_loss, vmf_kl_loss
+from lidar_ssl_core.losses.ppkt import gather_pixel_features
 from lidar_ssl_core.train.methods.base import (
     MethodError,
     MethodOutput,
@@ -75,16 +75,26 @@ class OLIVINE(TeacherDistillation):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return PretrainMethod.trainable_parameters(self)  # teacher head + the decoupled heads
 
+    def semantic_map(
+        self, backbone_features: torch.Tensor, size: Sequence[int], step: StepContext
+    ) -> torch.Tensor:
+        """Unit sem embeddings per image pixel (B, F, H, W): the sem head on the frozen map, upsampled as
+        the teacher upsamples its pp map (corners for ResNet maps, patch centres for ViTs), so the two
+        maps of a pixel come from the same place of the image."""
+        with step.autocast():
+            sem = self.sem_head_2d(backbone_features)
+        size_hw = (int(size[0]), int(size[1]))
+        upsampled = F.interpolate(
+            sem.float(), size=size_hw, mode="bilinear", align_corners=self.teacher.aligns_corners
+        )
+        return l2(upsampled)
+
     def forward(  # type: ignore[override]
         self, batch: Mapping[str, Any], point_feats: torch.Tensor, step: StepContext
     ) -> MethodOutput:
         opts = self.config.olivine
         teacher = self.teacher_features(batch, step)
-        images = batch["images"]
-        with step.autocast():
-            sem = self.sem_head_2d(teacher.backbone_features)
-        sem = F.interpolate(sem.float(), size=images.shape[-2:], mode="bilinear", align_corners=True)
-        g2_map = l2(sem)
+        g2_map = self.semantic_map(teacher.backbone_features, batch["images"].shape[-2:], step)
         f3, g3 = l2(self.pp_head_3d(point_feats)), l2(self.sem_head_3d(point_feats))
 
         pv, pi, labels = batch["pairing_voxels"], batch["pairing_images"], batch["pairing_labels"].long()

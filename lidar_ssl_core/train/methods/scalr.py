@@ -89,6 +89,9 @@ class ScaLR(PretrainMethod):
         self.teacher.train(False)
         return self
 
+    def lr_setting(self) -> str:
+        return "pretrain.scalr.lr" if self.options.optimizer == "adamw" else super().lr_setting()
+
     def build_optimizer(self, groups: Sequence[dict[str, Any]]) -> torch.optim.Optimizer:
         """AdamW with ``scalr.lr`` / ``scalr.weight_decay`` (ScaLR), or the SGD of the SLidR family."""
         if self.options.optimizer == "sgd":
