@@ -60,6 +60,8 @@ def method_settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
         return {"nclr": {"image_layers": (1, 1, 1, 1), "fpn_dim": 64, "keypoints": 1024, "num_pairs": 512}}
     if method == "olivine":  # the synthetic classes; the warm-up scaled to the short run
         return {"olivine": {"mask_dir": args.out / "masks", "num_classes": 10, "kl_warmup_steps": 20}}
+    if method == "scalr":  # ScaLR's 3,500-step warm-up exceeds the whole run: the common per-epoch cosine
+        return {"schedule": "cosine", "min_lr": 0.0}
     return {}
 
 

@@ -29,6 +29,7 @@ from lidar_ssl_core.cli_common import (
     write_run_config,
 )
 from lidar_ssl_core.errors import ConfigError, LidarSslError
+from lidar_ssl_core.train.method_names import available_method_names
 
 if TYPE_CHECKING:
     import torch
@@ -330,16 +331,12 @@ def config_cmd(
         raise fail(err) from err
 
 
-#: the registered methods, written out so that ``--help`` needs no torch (a test checks the registry)
-METHOD_NAMES = ("nclr", "olivine", "ppkt", "scalr", "slidr", "st-ppkt", "st-slidr")
-
-
 @app.command()
 def pretrain(
     method: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            help=f"a registered method: {' | '.join(METHOD_NAMES)} "
+            help=f"a registered method: {' | '.join(available_method_names())} "
             "(lidar_ssl_core/train/methods/; default: config pretrain.method)"
         ),
     ] = None,
@@ -360,10 +357,8 @@ def pretrain(
 
     Multi-GPU: torchrun --nproc-per-node N -m lidar_ssl_core pretrain ... (batch size is per process).
     """
-    from lidar_ssl_core.train.distributed import init_distributed, shutdown_distributed
-    from lidar_ssl_core.train.pretrain import StepStats, build_pretraining
-
     trainer = None
+    dist = None
     try:
         overrides = parse_sets(sets)
         if method is not None:
@@ -373,6 +368,10 @@ def pretrain(
         if run_dir is not None:
             overrides["pretrain.run_dir"] = str(run_dir)
         cfg = _load(config, bags, overrides)
+        # torch only once the configuration is valid: a config error answers without it
+        from lidar_ssl_core.train.distributed import init_distributed
+        from lidar_ssl_core.train.pretrain import StepStats, build_pretraining
+
         dist = init_distributed(cfg.pretrain.device)
         _check_pretraining_setup(cfg, dist.device)  # before any bag is read or model built
         report_damage(_data_bags(cfg), strict, cfg.data.profile.lidar_topic, quiet=not dist.is_main)
@@ -417,7 +416,10 @@ def pretrain(
     finally:  # also on errors: close TensorBoard's writer and leave the process group
         if trainer is not None:
             trainer.close()
-        shutdown_distributed()
+        if dist is not None:
+            from lidar_ssl_core.train.distributed import shutdown_distributed
+
+            shutdown_distributed()
 
 
 CPU_HINT = (

@@ -37,9 +37,30 @@ def test_help_and_usage_errors_load_no_heavy_library() -> None:
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
 
 
-def test_pretrain_help_lists_every_registered_method() -> None:
-    """``--help`` names the methods without importing torch; the list must follow the registry."""
-    from lidar_ssl_core.cli import METHOD_NAMES
+def test_method_names_from_files_equal_the_registry() -> None:
+    """``--help`` and config validation list methods from the module files (no torch): same as registered."""
+    from lidar_ssl_core.train.method_names import available_method_names
     from lidar_ssl_core.train.methods import method_names
 
-    assert tuple(sorted(METHOD_NAMES)) == method_names()
+    assert available_method_names() == method_names()
+    assert {"ppkt", "slidr", "st-slidr", "st-ppkt", "nclr", "olivine", "scalr"} <= set(method_names())
+
+
+def test_loading_and_validating_a_config_needs_no_torch() -> None:
+    """A config error must answer as fast as ``--help``: the typed configs import no torch / OpenCV."""
+    code = (
+        "import sys\n"
+        "from lidar_ssl_core.config import load_config\n"
+        "from lidar_ssl_core.errors import ConfigError\n"
+        "load_config(overrides={'pretrain.method': 'scalr', 'pretrain.backbone.preset': 'tiny'})\n"
+        "try:\n"
+        "    load_config(overrides={'pretrain.method': 'no-such-method'})\n"
+        "except ConfigError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('unknown method accepted')\n"
+        "heavy = [m for m in ('torch', 'cv2', 'rosbags', 'transformers') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"config loading imported {out.stdout.strip()}"

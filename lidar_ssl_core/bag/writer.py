@@ -112,9 +112,7 @@ class BagWriter:
         if storage not in ("mcap", "sqlite3"):
             raise BagWriteError(f"unknown storage '{storage}' for {self.path}; use mcap or sqlite3")
         if self.path.exists() and not overwrite:
-            raise BagWriteError(
-                f"{self.path} exists already; pass --overwrite to replace it"
-            )
+            raise BagWriteError(f"{self.path} exists already; pass --overwrite to replace it")
         if self.path.name in ("", ".", ".."):
             raise BagWriteError(f"bag path '{path}' has no name")
         lo, hi = ZSTD_LEVELS
@@ -143,9 +141,7 @@ class BagWriter:
         if self._writer is not None:
             raise BagWriteError(f"bag writer for {self.path} is already open")
         if self.path.exists() and not self.overwrite:
-            raise BagWriteError(
-                f"{self.path} exists already; pass --overwrite to replace it"
-            )
+            raise BagWriteError(f"{self.path} exists already; pass --overwrite to replace it")
         try:
             if self._staging.exists():
                 log.warning("removing leftover partial bag %s", self._staging)

@@ -14,7 +14,7 @@ import torch
 from lidar_ssl_core.config import VoxelConfig
 from lidar_ssl_core.downstream.classes import ClassMap
 from lidar_ssl_core.downstream.model import build_segmentation_model, segmentation_state
-from lidar_ssl_core.models.unet import BackboneConfig, PresetName
+from lidar_ssl_core.models.config import BackboneConfig, PresetName
 
 
 def random_segmentation_checkpoint(

@@ -20,7 +20,7 @@ from lidar_ssl_core.config import VoxelConfig, VoxelMode
 from lidar_ssl_core.downstream.classes import ClassMap, class_map_from_dict
 from lidar_ssl_core.downstream.model import SEGMENTATION_FORMAT, SEGMENTATION_REQUIRED, refuse_conflicts
 from lidar_ssl_core.errors import ConfigError
-from lidar_ssl_core.models.unet import BackboneConfig
+from lidar_ssl_core.models.config import BackboneConfig
 from lidar_ssl_core.sparse.kernel_map import COORD_MAX
 from lidar_ssl_core.train.checkpoint import TrainingCheckpointError, load_checkpoint
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lidar_ssl_core.models.unet import BackboneConfig
+from lidar_ssl_core.models.config import BackboneConfig
 
 Mode = Literal["probe", "finetune"]
 

@@ -21,7 +21,8 @@ from lidar_ssl_core.config import Config, VoxelConfig
 from lidar_ssl_core.downstream.classes import ClassMap, class_map_from_dict
 from lidar_ssl_core.downstream.data import network_input
 from lidar_ssl_core.errors import ConfigError
-from lidar_ssl_core.models.unet import BackboneConfig, BackendName, Res16UNet, build_backbone
+from lidar_ssl_core.models.config import BackboneConfig, BackendName
+from lidar_ssl_core.models.unet import Res16UNet, build_backbone
 from lidar_ssl_core.train.checkpoint import FORMAT as PRETRAIN_FORMAT
 from lidar_ssl_core.train.checkpoint import TrainingCheckpointError, load_checkpoint
 from lidar_ssl_core.types import PointCloud

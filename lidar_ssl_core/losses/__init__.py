@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 from lidar_ssl_core.errors import LossInputError
+from lidar_ssl_core.loss_options import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE, STForm, Tolerance, VoteNorm
 from lidar_ssl_core.losses.gather import Gather, all_gather_rows
-from lidar_ssl_core.losses.infonce import (
-    DEFAULT_NUM_MATCHES,
-    DEFAULT_TEMPERATURE,
-    LossDetails,
-    infonce,
-    sample_pairs,
-)
+from lidar_ssl_core.losses.infonce import LossDetails, infonce, sample_pairs
 from lidar_ssl_core.losses.ppkt import gather_pixel_features, ppkt_details, ppkt_loss
 from lidar_ssl_core.losses.scalr import ScalrLossOptions, scalr_details, scalr_loss
 from lidar_ssl_core.losses.slidr import (
@@ -22,10 +17,7 @@ from lidar_ssl_core.losses.slidr import (
 )
 from lidar_ssl_core.losses.st_slidr import (
     ST_PPKT_DEFAULTS,
-    STForm,
-    Tolerance,
     TolerantOptions,
-    VoteNorm,
     class_agnostic_weights,
     semantically_tolerant_details,
     semantically_tolerant_loss,

@@ -19,9 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lidar_ssl_core.errors import LossInputError
-
-DEFAULT_TEMPERATURE = 0.07  # SLidR / ST-SLidR code (NCE_temperature)
-DEFAULT_NUM_MATCHES = 4096  # PPKT pairs per batch (num_matches)
+from lidar_ssl_core.loss_options import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import torch
 
 from lidar_ssl_core.errors import LossInputError
+from lidar_ssl_core.loss_options import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE
 from lidar_ssl_core.losses.gather import Gather, identity
 from lidar_ssl_core.losses.infonce import (
-    DEFAULT_NUM_MATCHES,
-    DEFAULT_TEMPERATURE,
     LossDetails,
     check_features,
     check_index,

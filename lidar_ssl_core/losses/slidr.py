@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from lidar_ssl_core.errors import LossInputError
+from lidar_ssl_core.loss_options import DEFAULT_TEMPERATURE
 from lidar_ssl_core.losses.gather import Gather, identity
 from lidar_ssl_core.losses.infonce import (
-    DEFAULT_TEMPERATURE,
     LossDetails,
     check_features,
     check_index,

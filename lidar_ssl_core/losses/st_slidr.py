@@ -57,16 +57,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
 
 from lidar_ssl_core.errors import LossInputError
-from lidar_ssl_core.losses.gather import Gather, identity
-from lidar_ssl_core.losses.infonce import (
+from lidar_ssl_core.loss_options import (
     DEFAULT_NUM_MATCHES,
     DEFAULT_TEMPERATURE,
+    STForm,
+    Tolerance,
+    VoteNorm,
+)
+from lidar_ssl_core.losses.gather import Gather, identity
+from lidar_ssl_core.losses.infonce import (
     LossDetails,
     check_features,
     check_index,
@@ -79,28 +83,6 @@ from lidar_ssl_core.losses.ppkt import check_pairing_images, gather_pixel_featur
 from lidar_ssl_core.losses.slidr import pool_image_features, pool_superpixels
 
 CODE_VOTE_THRESHOLD = 0.5  # loss_balance_noise_threshold of the authors' config
-
-
-class STForm(str, Enum):
-    """Which reading of ST-SLidR to compute (see the module table)."""
-
-    PAPER = "paper"
-    AUTHORS_CODE = "authors_code"
-
-
-class Tolerance(str, Enum):
-    """How semantically similar negatives are tolerated."""
-
-    KNN = "knn"  # Eqs. 5-6, used by ST-SLidR
-    ALPHA = "alpha"  # Eq. 2 (with alpha_min)
-    NONE = "none"  # plain InfoNCE (SLidR), e.g. balancing alone
-
-
-class VoteNorm(str, Enum):
-    """How Eq. 7's votes are normalised (module docstring)."""
-
-    MINMAX = "minmax"  # (v - v_min) / (v_max - v_min): the paper's text and the authors' code
-    PRINTED = "printed"  # (v - v_min) / v_max: the paper's printed formula
 
 
 @dataclass(frozen=True)

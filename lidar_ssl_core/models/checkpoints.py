@@ -29,16 +29,16 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
 from lidar_ssl_core.errors import ConfigError
+from lidar_ssl_core.models.config import CheckpointLayout
 
 logger = logging.getLogger(__name__)
 
-CheckpointLayout = Literal["auto", "torchvision", "moco", "swav", "dino", "obow", "densecl"]
 CHECKPOINT_LAYOUTS: tuple[str, ...] = get_args(CheckpointLayout)
 
 #: How many offending keys an error message lists.

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from lidar_ssl_core.errors import ConfigError, LidarSslError
-from lidar_ssl_core.models.checkpoints import CheckpointLayout, load_backbone_weights
+from lidar_ssl_core.models.checkpoints import load_backbone_weights
+from lidar_ssl_core.models.config import TeacherConfig
 from lidar_ssl_core.models.dinov2 import Dinov2Features, load_dinov2
 from lidar_ssl_core.models.filterbank import FilterBankBackbone
 from lidar_ssl_core.models.resnet import ResNet, resnet50
@@ -41,79 +40,6 @@ _RANGE_TOL = 1e-3
 
 class FrozenTeacherError(LidarSslError):
     """Someone tried to train the frozen backbone (grads re-enabled or train mode forced on it)."""
-
-
-class TeacherConfig(BaseModel):
-    """The 2D teacher: backbone, form, weights file and projection size."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    arch: Literal["resnet50", "dinov2", "filterbank"] = Field(
-        "resnet50",
-        description="resnet50 (the papers; give weights), dinov2 (ViT-S/B/L/g 14, with or without "
-        "registers; size read from the weights, which are required) or filterbank (fixed label-free "
-        "colour/texture features, no weights: the synthetic-world teacher, models/filterbank.py)",
-    )
-    form: Literal["dilated", "strided"] = Field(
-        "dilated",
-        description="resnet50 only. dilated: strides of layer2..4 replaced by dilation, output stride 4 "
-        "(SLidR); strided: plain ResNet, output stride 32 (PPKT)",
-    )
-    weights: Path | None = Field(
-        None,
-        description="self-supervised checkpoint (never downloaded): a file; for dinov2 the official .pth or "
-        "a Hugging Face folder (config.json + model.safetensors); None = random init (resnet50, tests only)",
-    )
-    layout: CheckpointLayout = Field(
-        "auto", description="resnet50 checkpoint key layout; auto-detected by default (dinov2: always auto)"
-    )
-    container: str | None = Field(None, description="override: top-level key that holds the state dict")
-    prefix: str | None = Field(None, description="override: key prefix of the backbone tensors, stripped")
-    out_dim: int = Field(64, gt=0, description="channels of the projected per-pixel features (F)")
-    allow_random: bool = Field(
-        False,
-        description="let `lidar-ssl pretrain` run a resnet50 teacher without weights (random init: "
-        "teaches nothing; smoke tests only)",
-    )
-    layers: tuple[int, ...] = Field(
-        (-1,),
-        min_length=1,
-        description="dinov2: blocks whose patch tokens are concatenated (negative = from the end; "
-        "-1 = last block)",
-    )
-    final_norm: bool = Field(
-        True,
-        description="dinov2: apply the ViT's final LayerNorm to the chosen blocks (DINOv2's "
-        "x_norm_patchtokens); false = raw block output (ScaLR's x_pre_norm)",
-    )
-    image_size: tuple[int, int] | None = Field(
-        None,
-        description="dinov2: resize images to this (H, W), multiples of 14, before the ViT (ScaLR: "
-        "224x448); None = the nearest multiples of 14 of the input size",
-    )
-    half_precision: bool = Field(
-        True, description="dinov2 on CUDA: run the frozen ViT under float16 autocast (ignored on CPU)"
-    )
-
-    @model_validator(mode="after")
-    def _check_weights(self) -> TeacherConfig:
-        if self.arch == "filterbank" and self.weights is not None:
-            raise ValueError("the filterbank teacher has no weights file; unset teacher.weights")
-        if self.arch == "dinov2":
-            if self.weights is None:
-                raise ValueError(
-                    "the dinov2 teacher needs teacher.weights (its size is read from the checkpoint): "
-                    "an official dinov2_vit*14*_pretrain.pth or a Hugging Face folder"
-                )
-            if not self.weights.exists():
-                raise ValueError(f"teacher weights {self.weights} do not exist")
-            if self.layout != "auto":
-                raise ValueError("teacher.layout applies to resnet50; dinov2 layouts are auto-detected")
-            if self.image_size is not None and any(s <= 0 or s % 14 for s in self.image_size):
-                raise ValueError(f"teacher.image_size {self.image_size} must be positive multiples of 14")
-        elif self.weights is not None and not self.weights.is_file():
-            raise ValueError(f"teacher weights file {self.weights} does not exist")
-        return self
 
 
 class TeacherOutput(NamedTuple):

@@ -22,21 +22,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from lidar_ssl_core.errors import LidarSslError
+from lidar_ssl_core.models.config import BackboneConfig, BackendName
 from lidar_ssl_core.models.spconv_backend import SpconvOps
 from lidar_ssl_core.sparse import KernelMapCache, SparseConv3d, SparseInverseConv3d, SparseTensor, SubMConv3d
 
 logger = logging.getLogger(__name__)
-
-PresetName = Literal["res16unet34c", "small", "tiny"]
-BackendName = Literal["portable", "spconv"]
 
 
 class BackboneInputError(LidarSslError, ValueError):
@@ -60,21 +57,6 @@ PRESETS: dict[str, UNetArch] = {
     # unit tests
     "tiny": UNetArch((8, 16, 16, 32, 32, 16, 16, 16), (1, 1, 1, 1, 1, 1, 1, 1), 8),
 }
-
-
-class BackboneConfig(BaseModel):
-    """The 3D backbone: architecture preset, input/output widths, sparse-conv backend, head options."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    preset: PresetName = Field("res16unet34c", description="architecture: res16unet34c (SLidR), small, tiny")
-    in_channels: int = Field(1, gt=0, description="voxel feature channels (1 = LiDAR intensity)")
-    out_dim: int = Field(64, gt=0, description="channels of the final 1x1 projection head (F)")
-    backend: BackendName = Field(
-        "portable", description="portable: pure-PyTorch sparse convs (CPU ok); spconv: spconv 2.x"
-    )
-    normalize: bool = Field(True, description="l2-normalise output features (off for downstream heads)")
-    bn_momentum: float = Field(0.05, gt=0.0, le=1.0, description="BatchNorm momentum (torch convention)")
 
 
 class SparseOps(Protocol):

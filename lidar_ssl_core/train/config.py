@@ -9,9 +9,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lidar_ssl_core.losses import DEFAULT_NUM_MATCHES, DEFAULT_TEMPERATURE, STForm, Tolerance, VoteNorm
-from lidar_ssl_core.models.image_teacher import TeacherConfig
-from lidar_ssl_core.models.unet import BackboneConfig
+from lidar_ssl_core.loss_options import (
+    DEFAULT_NUM_MATCHES,
+    DEFAULT_TEMPERATURE,
+    STForm,
+    Tolerance,
+    VoteNorm,
+)
+from lidar_ssl_core.models.config import BackboneConfig, TeacherConfig
+from lidar_ssl_core.train.method_names import known_method_names
 
 
 class _Section(BaseModel):
@@ -242,9 +248,7 @@ class PretrainConfig(_Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from lidar_ssl_core.train.methods.base import method_names  # lazy: the methods import this module
-
-        names = method_names()
+        names = known_method_names()  # from the module files: validating a config needs no torch
         if value not in names:
             raise ValueError(f"unknown pretraining method {value!r}; choose one of {list(names)}")
         return value

@@ -30,6 +30,7 @@ from torch import nn
 
 from lidar_ssl_core.errors import ConfigError, LidarSslError
 from lidar_ssl_core.losses.gather import Gather
+from lidar_ssl_core.train.method_names import METHODS_PACKAGE, SHARED_MODULES, method_name_of_module
 
 if TYPE_CHECKING:
     from lidar_ssl_core.config import DataConfig, VoxelConfig
@@ -175,11 +176,21 @@ def register(cls: M) -> M:
     """Class decorator: make ``cls`` selectable as ``pretrain.method: <cls.name>``."""
     if not cls.name:
         raise ConfigError(f"{cls.__qualname__} has no name")
+    if cls.__module__.startswith(f"{METHODS_PACKAGE}.") and cls.name != method_name_of_module(cls.__module__):
+        raise ConfigError(
+            f"{cls.__qualname__} is named {cls.name!r} but lives in {cls.__module__}: a method's module is "
+            "its name with '_' for '-' (train/method_names.py lists methods from the files)"
+        )
     known = _REGISTRY.get(cls.name)
     if known is not None and known is not cls:
         raise ConfigError(f"two pretraining methods are named {cls.name!r}: {known} and {cls}")
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def registered_names() -> tuple[str, ...]:
+    """The names registered so far, without importing the method modules."""
+    return tuple(sorted(_REGISTRY))
 
 
 def method_names() -> tuple[str, ...]:
@@ -210,5 +221,5 @@ def _load_methods() -> None:
     from lidar_ssl_core.train import methods as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_") and info.name != "base":
+        if not info.name.startswith("_") and info.name not in SHARED_MODULES:
             importlib.import_module(f"{package.__name__}.{info.name}")
