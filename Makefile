@@ -49,7 +49,7 @@ samples: $(STAMP)
 	$(VENV)/bin/lidar-ssl samples $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lidar_ssl_core tests benchmarks ros2_ws/src/lidar_ssl

@@ -47,7 +47,8 @@ def test_pretrain_runs_and_resumes_on_the_embedded_bag(tmp_path: Path) -> None:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
         "data:\n  loader:\n    batch_size: 1\n    num_workers: 0\n"
-        "pretrain:\n  epochs: 1\n  backbone:\n    preset: tiny\n  teacher:\n    form: strided\n    allow_random: true\n"
+        "pretrain:\n  epochs: 1\n  backbone:\n    preset: tiny\n"
+        "  teacher:\n    form: strided\n    allow_random: true\n"
     )
     run = tmp_path / "run"
     args = ["pretrain", "--config", str(cfg), "--run-dir", str(run), "--max-steps", "2"]
