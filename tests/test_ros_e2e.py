@@ -44,7 +44,7 @@ from lidar_ssl_core.downstream.model import (  # noqa: E402
     load_pretrained_backbone,
     segmentation_state,
 )
-from lidar_ssl_core.models.unet import BackboneConfig  # noqa: E402
+from lidar_ssl_core.models.config import BackboneConfig  # noqa: E402
 from lidar_ssl_core.msg import read_cloud, stamp_to_ns, tf_message_to_transforms  # noqa: E402
 from lidar_ssl_core.record.calibration_file import dump_static_transforms  # noqa: E402
 from lidar_ssl_core.record.shards import closed_shards  # noqa: E402
@@ -73,6 +73,10 @@ def wait_exit(proc: Any, timeout_s: float, log: Path) -> int:
         raise AssertionError(
             f"process did not finish in {timeout_s} s; log:\n{log.read_text()[-3000:]}"
         ) from None
+
+
+def image_topic(camera: str) -> str:
+    return f"/cameras/{camera}/image/compressed"
 
 
 def frames(bag: Path) -> set[tuple[int, tuple[tuple[str, int], ...]]]:
@@ -116,18 +120,38 @@ def recorded(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> P
         "reliable": True,
         "min_free_mb": 0,
         "shard_max_duration_s": 0.7,
+        "qos_depth": 100,  # reliable and lossless: the history holds every message of a topic of the bag
     }
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import String
 
+    with BagReader(default_bag()) as reader:  # what the recorder must have taken before it is stopped
+        expected = {t: reader.message_count(t) for t in ["/lidar/points", *map(image_topic, CAMERAS)]}
     recorder = start_node(module, keep_all, env, tmp / "recorder.log", ros)
     collector = Collector(
         int(env["ROS_DOMAIN_ID"]), {"/diagnostics": DiagnosticArray, "/fleet_recorder/snapshot_done": String}
     )
+
+    def received() -> dict[str, int]:
+        """Messages per topic the recorder took, from its latest diagnostics."""
+        for msg in reversed(collector.messages["/diagnostics"]):
+            for st in msg.status:
+                if st.name == "fleet_recorder: inputs":
+                    values = {kv.key: kv.value for kv in st.values}
+                    return {t: int(values.get(f"{t} received", 0)) for t in expected}
+        return dict.fromkeys(expected, 0)
+
     try:
         module, ros = launch_node("segment.launch.py", "bag_player", model="unused", bag=str(default_bag()))
-        player = start_node(module, {"rate": 1.0}, env, tmp / "player.log", ros)
-        assert wait_exit(player, 60, tmp / "player.log") == 0, (tmp / "player.log").read_text()
+        # the player waits for a subscriber on every topic and, at the end, for every acknowledgement
+        player = start_node(
+            module, {"rate": 1.0, "wait_for_subscribers_s": 60.0}, env, tmp / "player.log", ros
+        )
+        assert wait_exit(player, 120, tmp / "player.log") == 0, (tmp / "player.log").read_text()
+        deadline = time.monotonic() + 60  # a loaded recorder may still be taking what was delivered
+        while received() != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        RECORDER_IO["received"] = (received(), expected)
         request = collector.node.create_publisher(String, "/fleet_recorder/snapshot_request", 10)
         deadline = time.monotonic() + 20
         while not collector.messages["/fleet_recorder/snapshot_done"] and time.monotonic() < deadline:
@@ -139,7 +163,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> P
         # the same through the ~/snapshot service (std_srvs/Trigger)
         from std_srvs.srv import Trigger
 
-        client = collector.node.create_client(Trigger, "/fleet_recorder/snapshot")
+        client: Any = collector.node.create_client(Trigger, "/fleet_recorder/snapshot")
         assert client.wait_for_service(timeout_sec=20), "no /fleet_recorder/snapshot service"
         future = client.call_async(Trigger.Request())
         deadline = time.monotonic() + 20
@@ -161,7 +185,11 @@ def recorded(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> P
     return out
 
 
-def test_every_synchronized_sample_of_the_bag_is_in_the_shards(recorded: Path) -> None:
+def test_every_synchronized_sample_of_the_bag_is_in_the_shards(
+    recorded: Path, recorder_io: dict[str, Any]
+) -> None:
+    got_counts, expected = recorder_io["received"]
+    assert got_counts == expected  # the recorder took every sweep and image before it was stopped
     shards = closed_shards(recorded)
     assert len(shards) >= 2  # rotated (0.7 s of log time per shard)
     got: set[tuple[int, tuple[tuple[str, int], ...]]] = set()
@@ -231,12 +259,23 @@ class Collector:
         self.node = Node("collector", context=self.context)
         self.messages: dict[str, list[Any]] = {t: [] for t in topics}
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        for topic, cls in topics.items():
-            self.node.create_subscription(cls, topic, self.messages[topic].append, qos)
+        self.subscriptions = {
+            topic: self.node.create_subscription(cls, topic, self.messages[topic].append, qos)
+            for topic, cls in topics.items()
+        }
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
+
+    def wait_matched(self, topics: list[str], timeout_s: float) -> bool:
+        """Until each of ``topics`` is matched to a publisher (what is sent before that is not received)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self.subscriptions[t].get_publisher_count() > 0 for t in topics):
+                return True
+            time.sleep(0.05)
+        return False
 
     def close(self) -> None:
         import rclpy
@@ -278,6 +317,8 @@ def test_segmenter_labels_equal_lidar_ssl_segment_on_the_same_bag(
         module, ros = launch_node("segment.launch.py", "segmenter", model=str(model))
         segmenter = start_node(module, {"reliable": True}, env, tmp_path / "segmenter.log", ros)
         try:
+            outputs = ["/segmenter/labels", "/segmenter/confidence"]
+            assert collector.wait_matched(outputs, 60), (tmp_path / "segmenter.log").read_text()
             module, ros = launch_node(
                 "segment.launch.py", "bag_player", model=str(model), bag=str(default_bag())
             )
@@ -287,7 +328,12 @@ def test_segmenter_labels_equal_lidar_ssl_segment_on_the_same_bag(
             deadline = time.monotonic() + 30  # until every sweep is published or counted as dropped
             while sum(accounted().values()) < 16 and time.monotonic() < deadline:
                 time.sleep(0.1)
-            time.sleep(0.5)
+            deadline = time.monotonic() + 30  # until what was published has arrived here
+            while time.monotonic() < deadline and (
+                len(collector.messages["/segmenter/labels"]) < accounted()["published"]
+                or len(collector.messages["/segmenter/confidence"]) < accounted()["published"]
+            ):
+                time.sleep(0.1)
         finally:
             assert stop_node(segmenter) == 0, (tmp_path / "segmenter.log").read_text()
         live = {stamp_to_ns(m.header.stamp): m for m in collector.messages["/segmenter/labels"]}

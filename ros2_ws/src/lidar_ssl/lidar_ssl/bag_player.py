@@ -2,7 +2,8 @@
 
 Messages go out serialized, exactly as recorded; ``/tf_static`` first and transient-local. Topics whose
 message package is not installed are reported and skipped. With ``shutdown_when_done`` the node exits
-after the last message (and ``linger`` seconds for reliable delivery).
+after the last message, once every reliable subscriber has acknowledged everything (up to ``ACK_TIMEOUT_S``;
+a process that exits earlier takes unacknowledged samples with it), and ``LINGER_S`` more.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from rclpy.duration import Duration
 from rclpy.node import Node
 
 from lidar_ssl.common import latched_qos, message_class, run_node, sensor_qos
@@ -19,6 +21,7 @@ from lidar_ssl_core.record.config import PlayerConfig
 from lidar_ssl_core.record.player import BagPlayer, PlayStats, is_latched_topic
 
 LINGER_S = 1.0
+ACK_TIMEOUT_S = 30.0  # a loaded subscriber may take a while to take what was sent
 
 
 class BagPlayerNode(Node):
@@ -62,6 +65,18 @@ class BagPlayerNode(Node):
         if missing:
             self.get_logger().info(f"playing without subscribers on {missing}")
 
+    def _wait_for_acks(self) -> None:
+        """Reliable delivery: stay until every matched subscriber acknowledged every sample (or a timeout)."""
+        if not self.config.reliable:
+            return
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        for topic, pub in self._pubs.items():
+            if self._stop.is_set():
+                return
+            left = max(deadline - time.monotonic(), 0.0)
+            if not pub.wait_for_all_acked(Duration(seconds=left)):
+                self.get_logger().warning(f"{topic}: not every subscriber acknowledged every message")
+
     def _run(self) -> None:
         try:
             self._wait_for_subscribers()
@@ -70,6 +85,7 @@ class BagPlayerNode(Node):
             self.stats = self.player.play(self._publish, self._stop)
             total = sum(self.stats.published.values())
             self.get_logger().info(f"played {total} messages ({dict(self.stats.published)})")
+            self._wait_for_acks()
             self._stop.wait(LINGER_S)
         except Exception as err:  # reported, and the node ends
             self.get_logger().error(f"playback failed: {err}")

@@ -112,6 +112,7 @@ class FleetRecorder(Node):
         st = self.recorder.status()
         sync = st.sync
         inputs = {f"{t} [Hz]": f"{hz:.2f}" for t, hz in st.input_hz.items()}
+        inputs.update({f"{t} received": str(n) for t, n in st.input_total.items()})
         inputs.update({f"{t} malformed": str(n) for t, n in st.malformed.items()})
         silent = [t for t in (self.config.lidar_topic,) if st.input_hz.get(t, 0.0) == 0.0]
         offsets = {f"{c} offset to lidar [ms]": f"{v:.2f}" for c, v in st.camera_offset_ms.items()}

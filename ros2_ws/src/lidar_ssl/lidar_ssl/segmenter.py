@@ -28,6 +28,8 @@ from lidar_ssl_core.live.config import SegmenterConfig
 from lidar_ssl_core.live.segment import LatencyStats, LatestOnlyWorker, scan_confidence
 from lidar_ssl_core.msg.pointcloud2 import cloud_to_pointcloud
 
+RELIABLE_DEPTH = 50  # output history with ``reliable``: 5 s of scans at 10 Hz waiting for acknowledgement
+
 
 class Segmenter(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
@@ -72,10 +74,13 @@ class Segmenter(LifecycleNode):
         self.config = cfg
         self.latency = LatencyStats(cfg.latency_window)
         self.engine_ms = LatencyStats(cfg.latency_window)
+        # outputs are reliable; with ``reliable`` inputs a slow subscriber must not lose unacknowledged
+        # outputs either, so the history covers a few seconds of scans
+        clouds, scores = (RELIABLE_DEPTH, RELIABLE_DEPTH) if cfg.reliable else (5, 10)
         self._pubs = {
-            "labels": self.create_lifecycle_publisher(PointCloud2, cfg.labels_topic, 5),
-            "colored": self.create_lifecycle_publisher(PointCloud2, cfg.colored_topic, 5),
-            "confidence": self.create_lifecycle_publisher(Vector3Stamped, cfg.confidence_topic, 10),
+            "labels": self.create_lifecycle_publisher(PointCloud2, cfg.labels_topic, clouds),
+            "colored": self.create_lifecycle_publisher(PointCloud2, cfg.colored_topic, clouds),
+            "confidence": self.create_lifecycle_publisher(Vector3Stamped, cfg.confidence_topic, scores),
         }
         self._diag_timer = self.create_timer(cfg.diagnostics_period_s, self._publish_diagnostics)
         self.get_logger().info(
