@@ -226,7 +226,8 @@ def bench_segmenter(args: argparse.Namespace, env: dict[str, str], tmp: Path) ->
     ckpt = save_checkpoint(
         segmentation_state(model.eval(), SYNTHETIC, load_config().data.voxels), tmp / "small.pt"
     )
-    seg = start_node("segmenter", {"model": str(ckpt), "threads": args.threads}, env, tmp / "segmenter.log")
+    params = {"model": str(ckpt), "threads": args.threads, "backend": args.backend}
+    seg = start_node("segmenter", params, env, tmp / "segmenter.log")
     time.sleep(5.0)
     pub = subprocess.Popen(
         [sys.executable, __file__, "--role", "lidar-publisher", "--seconds", str(args.segmenter_seconds)],
@@ -248,6 +249,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--segmenter-seconds", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=2, help="segmenter engine threads")
+    parser.add_argument(
+        "--backend", default="torch", choices=["torch", "onnxruntime"], help="segmenter engine backend"
+    )
     parser.add_argument("--reliable", action="store_true", help="reliable QoS instead of best effort")
     parser.add_argument("--sync-queue", type=int, default=24, help="recorder sync_queue_size")
     parser.add_argument("--qos-depth", type=int, default=10, help="recorder subscription depth")
