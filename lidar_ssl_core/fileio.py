@@ -174,3 +174,20 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
         fh.write(data)
 
     return atomic_write(path, write)
+
+
+#: file types of per-image masks made offline (superpixels, weak labels): 16-bit PNG or .npy
+MASK_SUFFIXES = (".png", ".npy")
+
+
+def image_keyed_file(folder: Path, camera: str, stamp_ns: int) -> tuple[Path | None, Path]:
+    """The mask file ``folder/<camera>/<stamp_ns>.png|.npy`` of one image, or None, and the stem tried.
+
+    Superpixel masks and OLIVINE's weak labels are both keyed this way; each caller raises its own error.
+    """
+    base = Path(folder) / camera / str(stamp_ns)
+    for suffix in MASK_SUFFIXES:
+        candidate = base.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate, base
+    return None, base

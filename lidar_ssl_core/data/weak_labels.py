@@ -26,18 +26,14 @@ import numpy.typing as npt
 
 from lidar_ssl_core.data.sample import NO_LABEL
 from lidar_ssl_core.errors import DatasetError
-from lidar_ssl_core.fileio import atomic_write_bytes
-
-SUFFIXES = (".png", ".npy")
+from lidar_ssl_core.fileio import atomic_write_bytes, image_keyed_file
 
 
 def mask_path(mask_dir: Path, camera: str, stamp_ns: int) -> Path:
     """The weak-label file of one image; DatasetError naming the paths tried when there is none."""
-    base = Path(mask_dir) / camera / str(stamp_ns)
-    for suffix in SUFFIXES:
-        candidate = base.with_suffix(suffix)
-        if candidate.is_file():
-            return candidate
+    found, base = image_keyed_file(mask_dir, camera, stamp_ns)
+    if found is not None:
+        return found
     raise DatasetError(f"no weak-label mask for camera {camera} at {stamp_ns}: expected {base}.png or .npy")
 
 

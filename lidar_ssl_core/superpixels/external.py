@@ -15,18 +15,15 @@ import numpy as np
 import numpy.typing as npt
 
 from lidar_ssl_core.errors import SuperpixelError
+from lidar_ssl_core.fileio import image_keyed_file
 from lidar_ssl_core.superpixels._common import relabel_contiguous
-
-SUFFIXES = (".png", ".npy")
 
 
 def external_mask_path(mask_dir: Path, camera: str, stamp_ns: int) -> Path:
     """The mask file of one image; SuperpixelError naming the paths tried when there is none."""
-    base = Path(mask_dir) / camera / str(stamp_ns)
-    for suffix in SUFFIXES:
-        candidate = base.with_suffix(suffix)
-        if candidate.is_file():
-            return candidate
+    found, base = image_keyed_file(mask_dir, camera, stamp_ns)
+    if found is not None:
+        return found
     raise SuperpixelError(
         f"no external superpixel mask for camera {camera} at {stamp_ns}: expected {base}.png or .npy"
     )
