@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -254,10 +255,12 @@ CRASH_WRITER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_whole_closed_shards_and_a_recoverable_open_one(
-    tmp_path: Path, raw_sample: list[tuple[str, str, int, bytes]]
+    tmp_path: Path, raw_sample: list[tuple[str, str, int, bytes]], kill_with_open_chunk: Callable[..., None]
 ) -> None:
-    """The recorder crash test: kill -9 mid-write, three times; closed shards read back whole, the shard
-    left open is recovered up to its last complete chunk, and every message stored is byte-exact."""
+    """The recorder crash test: kill -9 mid-write, four times (three at random moments: mid-chunk,
+    mid-close, between shards; the last one while a shard is open past its first chunk); closed shards
+    read back whole, the shard left open is recovered up to its last complete chunk, and every message
+    stored is byte-exact."""
     folder = tmp_path / "shards"
     script = tmp_path / "writer.py"
     script.write_text(CRASH_WRITER)
@@ -266,12 +269,15 @@ def test_sigkill_at_random_moments_leaves_whole_closed_shards_and_a_recoverable_
     for topic, _, t, raw in raw_sample:
         source[(topic, t)] = raw
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
-    recovered_total = 0
-    for _ in range(3):
+    recovered: list[Path] = []
+    for attempt in range(4):
         proc = subprocess.Popen([sys.executable, str(script), str(folder)], stdout=subprocess.PIPE)
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.3, 1.5))
-        proc.send_signal(signal.SIGKILL)
+        if attempt < 3:
+            time.sleep(rng.uniform(0.3, 1.5))
+            proc.send_signal(signal.SIGKILL)
+        else:  # chunks are 200 kB, shards 1.5 MB: past 400 kB at least one chunk is on disk
+            kill_with_open_chunk(proc, folder, rng.randrange(400_000, 1_200_000))
         proc.wait()
         closed = closed_shards(folder)
         for shard in closed:  # whole: opens without recovery, every message reads
@@ -280,12 +286,11 @@ def test_sigkill_at_random_moments_leaves_whole_closed_shards_and_a_recoverable_
                 assert sum(1 for _ in reader.raw_messages()) == reader.message_count() > 0
         writer = ShardWriter(folder, min_free_bytes=0)
         recovered = writer.recover()
-        recovered_total += len(recovered)
         for path in recovered:
             if path.name.endswith(RECOVERED_SUFFIX):
                 meta = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
                 assert CUSTOM_RECOVERED in (meta.get("custom_data") or {})
-    assert recovered_total >= 1  # a kill leaves at most one shard open (none between two shards)
+    assert len(recovered) == 1 and recovered[0].name.endswith(RECOVERED_SUFFIX)  # the last kill's shard
     assert not list(folder.glob(".*.partial"))
     n = 0
     for shard in closed_shards(folder):

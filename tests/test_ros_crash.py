@@ -5,9 +5,9 @@ left open (marked as recovered) with every message it holds intact."""
 from __future__ import annotations
 
 import random
-import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,9 @@ def same_cdr(a: bytes, b: bytes) -> bool:
     )
 
 
-def test_recorder_killed_with_sigkill_leaves_whole_shards_and_recovers_the_open_one(tmp_path: Path) -> None:
+def test_recorder_killed_with_sigkill_leaves_whole_shards_and_recovers_the_open_one(
+    tmp_path: Path, kill_with_open_chunk: Callable[..., None]
+) -> None:
     env = ros_env()
     out = tmp_path / "shards"
     with BagReader(default_bag()) as reader:
@@ -65,9 +67,8 @@ def test_recorder_killed_with_sigkill_leaves_whole_shards_and_recovers_the_open_
         assert wait_for(lambda: any(out.glob(".shard_*.partial")), 60), (
             tmp_path / "recorder.log"
         ).read_text()
-        time.sleep(random.uniform(0.0, 2.0))
-        recorder.send_signal(signal.SIGKILL)
-        recorder.wait()
+        time.sleep(random.uniform(0.0, 1.5))  # then at the first moment its open shard holds a chunk
+        kill_with_open_chunk(recorder, out, 300_000)
     finally:
         stop_node(player, 30)
     left_open = sorted(p.name for p in out.glob(".shard_*.partial"))
