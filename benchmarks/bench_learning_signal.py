@@ -7,10 +7,19 @@ label-free filterbank teacher (``lidar_ssl_core/models/filterbank.py``), then li
 features computed once without augmentation) and a randomly initialised backbone the same way, and report
 the validation mIoU of every probe. All on CPU; the default sizes take well under an hour on 2 cores.
 
-    python benchmarks/bench_learning_signal.py                 # the table in docs/downstream-evaluation.md
+    python benchmarks/bench_learning_signal.py                 # one seed (0) of the default methods
     python benchmarks/bench_learning_signal.py --quick         # a few minutes, for a smoke test
 
-Results (markdown table and JSON) go to ``--out`` (default ``.cache/bench/learning-signal``).
+Several seeds, each in its own process (they share the cached world; generate it first), then the table
+of mean and spread over the seeds that is in docs/downstream-evaluation.md:
+
+    python benchmarks/bench_learning_signal.py --world-only --methods olivine
+    for s in 0 1 2; do python benchmarks/bench_learning_signal.py --seed $s --threads 1 \
+        --methods ppkt slidr st-slidr scalr nclr olivine & done; wait
+    python benchmarks/bench_learning_signal.py --summarize
+
+Results (markdown table and JSON) go to ``--out`` (default ``.cache/bench/learning-signal``): one
+``seed<k>/`` folder per seed, and ``results.{md,json}`` of ``--summarize``.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from lidar_ssl_core.downstream.classes import SYNTHETIC
 from lidar_ssl_core.downstream.config import DownstreamConfig
 from lidar_ssl_core.downstream.data import index_labelled_sweeps
 from lidar_ssl_core.downstream.train import SegmentationTrainer
-from lidar_ssl_core.models.unet import BackboneConfig
+from lidar_ssl_core.models.config import BackboneConfig
 from lidar_ssl_core.synth import preset
 from lidar_ssl_core.synth.bagfile import write_synthetic_bag
 from lidar_ssl_core.synth.weak_masks import write_weak_masks
@@ -107,7 +116,13 @@ def pretrain(method: str, args: argparse.Namespace, data: DataConfig, run: Path)
 
 
 def probe(
-    name: str, ckpt: Path | None, args: argparse.Namespace, data: DataConfig, train: Any, val: Any
+    name: str,
+    ckpt: Path | None,
+    args: argparse.Namespace,
+    data: DataConfig,
+    train: Any,
+    val: Any,
+    seed_dir: Path,
 ) -> dict[str, Any]:
     cfg = DownstreamConfig(
         class_map="synthetic",
@@ -119,7 +134,7 @@ def probe(
         num_workers=args.workers,
         seed=args.seed,
         backbone=BackboneConfig(preset=args.backbone, normalize=False, bn_momentum=0.02),
-        run_dir=args.out / "probe" / name,
+        run_dir=seed_dir / "probe" / name,
     )
     start = time.perf_counter()
     result = SegmentationTrainer(cfg, data, SYNTHETIC, "probe", train, val).fit()
@@ -132,6 +147,61 @@ def probe(
         "seconds": time.perf_counter() - start,
         "final_loss": result.history[-1].loss,
     }
+
+
+def summarize(out: Path) -> str:
+    """Mean and sample standard deviation over the seeds of every backbone's probe mIoU, and its gain
+    over the randomly initialised backbone of the same seed (a paired difference: the seed fixes the
+    probe's initialisation and batch order for every backbone alike)."""
+    runs = {
+        int(p.parent.name[4:]): json.loads(p.read_text())
+        for p in sorted(out.glob("seed*/results.json"))
+        if p.parent.name[4:].isdigit()
+    }
+    if not runs:
+        raise SystemExit(f"no seed*/results.json under {out}")
+    seeds = sorted(runs)
+    names = list(dict.fromkeys(n for r in runs.values() for n in r["probe"]))
+
+    def stats(values: list[float]) -> tuple[float, float]:
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
+        return mean, var**0.5
+
+    rows: dict[str, Any] = {}
+    lines = [
+        "| backbone | seeds | probe mIoU (%) mean ± std | gain over random (points) mean ± std | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | pretraining min (mean) |",
+        "|---|---|---|---|" + "---|" * len(seeds) + "---|",
+    ]
+    for name in names:
+        have = [s for s in seeds if name in runs[s]["probe"]]
+        miou = [100 * runs[s]["probe"][name]["miou"] for s in have]
+        gain = [
+            100 * (runs[s]["probe"][name]["miou"] - runs[s]["probe"]["random"]["miou"])
+            for s in have
+            if "random" in runs[s]["probe"]
+        ]
+        minutes = [
+            runs[s]["pretrain"][name]["seconds"] / 60
+            for s in have
+            if name in runs[s]["pretrain"] and runs[s]["pretrain"][name]["seconds"]
+        ]
+        m, sd = stats(miou)
+        g, gsd = stats(gain) if gain and name != "random" else (0.0, 0.0)
+        per_seed = " | ".join(
+            f"{100 * runs[s]['probe'][name]['miou']:.2f}" if s in have else "-" for s in seeds
+        )
+        time_cell = f"{sum(minutes) / len(minutes):.1f}" if minutes else "-"
+        gain_cell = "-" if name == "random" else f"{g:+.2f} ± {gsd:.2f}"
+        cells = [name, str(len(have)), f"{m:.2f} ± {sd:.2f}", gain_cell, per_seed, time_cell]
+        lines.append("| " + " | ".join(cells) + " |")
+        rows[name] = {"seeds": have, "miou": miou, "gain": gain, "pretrain_minutes": minutes}
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    table = "\n".join(lines)
+    (out / "results.md").write_text(table + "\n")
+    return table
 
 
 def main() -> None:
@@ -156,20 +226,31 @@ def main() -> None:
         help="scalr and nclr use their own AdamW (pretrain.scalr.lr, pretrain.nclr.lr), not "
         "--pretrain-lr; also: nclr, olivine (weak-label masks are generated for it)",
     )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of this process")
+    parser.add_argument("--world-only", action="store_true", help="generate the cached world and stop")
+    parser.add_argument(
+        "--summarize", action="store_true", help="tabulate every seed<k>/results.json under --out"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole chain")
     args = parser.parse_args()
     if args.quick:
         args.train_drives, args.frames, args.pretrain_epochs, args.probe_epochs = 1, 8, 1, 2
         args.backbone = "tiny"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(2)
+    if args.summarize:
+        print(summarize(args.out))
+        return
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     train_bags, val_bags = make_world(
         args.out, args.train_drives, args.frames, masks="olivine" in args.methods
     )
+    if args.world_only:
+        return
     data = data_config(train_bags, args.batch_size, args.workers)
+    seed_dir = args.out / f"seed{args.seed}"
     train = index_labelled_sweeps(train_bags, data).sweeps
     val = index_labelled_sweeps(val_bags, data).sweeps
     log.info(
@@ -184,16 +265,18 @@ def main() -> None:
         "pretrain": {},
         "probe": {},
     }
-    for method in args.methods:
-        run = args.out / "pretrain" / method
-        results["pretrain"][method] = pretrain(method, args, data, run)
-        log.info("pretrained %s: %s", method, results["pretrain"][method])
-    for name in ["random", *args.methods]:
-        ckpt = None if name == "random" else args.out / "pretrain" / name / "ckpt_last.pt"
-        results["probe"][name] = probe(name, ckpt, args, data, train, val)
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    for name in ["random", *args.methods]:  # each method pretrained then probed: partial runs tabulate
+        ckpt = None
+        if name != "random":
+            run = seed_dir / "pretrain" / name
+            results["pretrain"][name] = pretrain(name, args, data, run)
+            log.info("pretrained %s: %s", name, results["pretrain"][name])
+            ckpt = run / "ckpt_last.pt"
+        results["probe"][name] = probe(name, ckpt, args, data, train, val, seed_dir)
         log.info("probe %s: mIoU %.2f", name, 100 * results["probe"][name]["miou"])
-    results["total_seconds"] = time.perf_counter() - t0
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        results["total_seconds"] = time.perf_counter() - t0
+        (seed_dir / "results.json").write_text(json.dumps(results, indent=2))
 
     names = SYNTHETIC.class_names
     lines = [
@@ -204,7 +287,7 @@ def main() -> None:
         ious = " | ".join("-" if v is None else f"{100 * v:.1f}" for v in r["iou"])
         lines.append(f"| {name} | {100 * r['miou']:.2f} | {100 * r['accuracy']:.1f} | {ious} |")
     table = "\n".join(lines)
-    (args.out / "results.md").write_text(table + "\n")
+    (seed_dir / "results.md").write_text(table + "\n")
     print(table)
     print(f"\ntotal {results['total_seconds'] / 60:.1f} min")
 
