@@ -39,7 +39,13 @@ from lidar_ssl_core.record.cdr import read_header
 from lidar_ssl_core.record.config import RecorderConfig
 from lidar_ssl_core.record.keep import KeepPolicy
 from lidar_ssl_core.record.ring import RingBuffer
-from lidar_ssl_core.record.shards import OutMessage, ShardStats, ShardWriter, _free_bytes
+from lidar_ssl_core.record.shards import (
+    OutMessage,
+    ShardStats,
+    ShardWriter,
+    _free_bytes,
+    unique_messages,
+)
 from lidar_ssl_core.sync import LidarCameraSynchronizer, SyncedGroup, SyncStats
 from lidar_ssl_core.types import StampedTransform
 
@@ -175,8 +181,9 @@ class Recorder:
         transforms = list(static_transforms)
         if transforms:
             raw = self.typestore.serialize_cdr(make_tf_message(self.typestore, transforms), TF_MSGTYPE)
-            msg = OutMessage(config.tf_static_topic, TF_MSGTYPE, 0, bytes(raw), latched=True)
-            self._static[bytes(raw)] = msg
+            data = bytes(raw)
+            msg = OutMessage(config.tf_static_topic, TF_MSGTYPE, 0, data, latched=True, ident=data)
+            self._static[data] = msg
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> list[Path]:
@@ -255,8 +262,9 @@ class Recorder:
     def on_tf(self, raw: bytes | memoryview) -> None:
         topic = self.config.tf_topic
         self._tick(topic)
+        data = bytes(raw)
         try:
-            transforms = tf_message_to_transforms(self.typestore.deserialize_cdr(bytes(raw), TF_MSGTYPE))
+            transforms = tf_message_to_transforms(self.typestore.deserialize_cdr(data, TF_MSGTYPE))
         except (LidarSslError, Exception) as err:  # rosbags raises several types on garbage
             self._bad(topic, err)
             return
@@ -266,7 +274,7 @@ class Recorder:
         for tr in transforms:
             if tr.parent == self.config.world_frame and tr.child == self.config.base_frame:
                 self._position = np.asarray(tr.matrix[:3, 3], dtype=np.float64)
-        msg = OutMessage(topic, TF_MSGTYPE, stamp, raw)
+        msg = OutMessage(topic, TF_MSGTYPE, stamp, data, ident=data)  # broadcasters may share a stamp
         self.ring.add(msg)
         with self._lock:
             self._tf_history.append(msg)
@@ -284,7 +292,7 @@ class Recorder:
             self._bad(topic, err)
             return
         stamp = transforms[0].stamp_ns if transforms else 0
-        msg = OutMessage(topic, TF_MSGTYPE, stamp, key, latched=True)
+        msg = OutMessage(topic, TF_MSGTYPE, stamp, key, latched=True, ident=key)
         with self._lock:
             if key in self._static:
                 return
@@ -371,10 +379,14 @@ class Recorder:
 
     # -------------------------------------------------------------------------------------- writing
     def _preamble(self, stamp_ns: int) -> list[OutMessage]:
-        """Messages every shard starts with: extrinsics, intrinsics and the poses just before it."""
+        """Messages every shard starts with: extrinsics, intrinsics and the poses just before it.
+
+        The copies keep their originals' identity, so the shard does not store them a second time when
+        the originals come through the side queue after the preamble was taken.
+        """
         with self._lock:
-            static = [OutMessage(m.topic, m.msgtype, stamp_ns, m.raw, True) for m in self._static.values()]
-            infos = [OutMessage(m.topic, m.msgtype, stamp_ns, m.raw) for m in self._infos.values()]
+            static = [m.at(stamp_ns, latched=True) for m in self._static.values()]
+            infos = [m.at(stamp_ns) for m in self._infos.values()]
             tf = list(self._tf_history)
         return static + infos + tf
 
@@ -426,7 +438,8 @@ class Recorder:
 
     def _write_snapshot(self, path: Path, items: list[OutMessage]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        msgs = self._preamble(items[0].stamp_ns) + items
+        # the ring holds the same /tf and CameraInfo messages the preamble carries: each one once
+        msgs = unique_messages(self._preamble(items[0].stamp_ns) + items)
         cfg = self.config
         with BagWriter(path, distro=cfg.distro, compression_level=cfg.compression_level) as out:
             for m in msgs:

@@ -45,13 +45,47 @@ State = Literal["ok", "disk_full", "error"]
 
 @dataclass(frozen=True)
 class OutMessage:
-    """One serialized message to store: CDR bytes as received, log time = its header stamp."""
+    """One serialized message to store: CDR bytes as received, log time = its header stamp.
+
+    ``ident`` is what tells this message apart from the others of its topic when ``stamp_ns`` does not:
+    a copy written at another log time (a shard's preamble) carries its original's stamp, a ``/tf``
+    message its bytes (several broadcasters may publish at one stamp). A shard stores each
+    :attr:`key` once.
+    """
 
     topic: str
     msgtype: str
     stamp_ns: int
     raw: bytes | memoryview
     latched: bool = False
+    ident: int | bytes | None = None
+
+    @property
+    def key(self) -> tuple[str, int | bytes]:
+        """The message's identity: (topic, its own stamp, or ``ident`` when set)."""
+        return (self.topic, self.stamp_ns if self.ident is None else self.ident)
+
+    def at(self, stamp_ns: int, *, latched: bool | None = None) -> OutMessage:
+        """The same message written at another log time (keeps its identity)."""
+        return OutMessage(
+            self.topic,
+            self.msgtype,
+            stamp_ns,
+            self.raw,
+            self.latched if latched is None else latched,
+            self.key[1],
+        )
+
+
+def unique_messages(msgs: Iterable[OutMessage]) -> list[OutMessage]:
+    """``msgs`` without the repeats of a :attr:`OutMessage.key` (the first one stays)."""
+    seen: set[tuple[str, int | bytes]] = set()
+    out = []
+    for msg in msgs:
+        if msg.key not in seen:
+            seen.add(msg.key)
+            out.append(msg)
+    return out
 
 
 @dataclass
@@ -64,6 +98,7 @@ class ShardStats:
     shards_recovered: int = 0
     shards_evicted: int = 0
     messages_written: int = 0
+    duplicates_skipped: int = 0  # offered again to the shard that already held them (not a loss)
     bytes_written: int = 0
     dropped_disk_full: int = 0
     write_errors: int = 0
@@ -141,6 +176,7 @@ class ShardWriter:
         self._writer: BagWriter | None = None
         self._shard_bytes = 0
         self._shard_start: int | None = None
+        self._shard_keys: set[tuple[str, int | bytes]] = set()  # what the open shard holds
         self._seq = 0
         self._last_free_check = -float("inf")
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -242,6 +278,8 @@ class ShardWriter:
 
         ``opens=False`` (ancillary messages: ``/tf``, CameraInfo): written only into an open shard, never
         rotating or opening one, so every shard starts with a sample; the preamble carries them over.
+        A message the open shard already holds (same :attr:`OutMessage.key`: an image two sweeps
+        matched, a ``/tf`` the preamble carried) is not written again; that counts as stored.
         """
         if not opens and self._writer is None:
             return False
@@ -268,6 +306,10 @@ class ShardWriter:
 
     def _put(self, msg: OutMessage) -> None:
         assert self._writer is not None
+        if msg.key in self._shard_keys:
+            self.stats.duplicates_skipped += 1
+            return
+        self._shard_keys.add(msg.key)
         self._writer.add_topic(msg.topic, msg.msgtype, latched=msg.latched)
         self._writer.write_raw(msg.topic, msg.stamp_ns, msg.raw)
         n = len(msg.raw)
@@ -293,6 +335,7 @@ class ShardWriter:
         self._writer = writer
         self._shard_bytes = 0
         self._shard_start = None
+        self._shard_keys = set()
         self.stats.open_shard = name
         log.info("recording into shard %s", name)
         for msg in self.preamble(stamp_ns) if self.preamble is not None else ():

@@ -145,6 +145,7 @@ class FleetRecorder(Node):
             "closed shards [MiB]": f"{sh.folder_bytes / 2**20:.1f}",
             "free [MiB]": f"{sh.free_bytes / 2**20:.0f}",
             "dropped (disk full)": sh.dropped_disk_full,
+            "already in the shard (not rewritten)": sh.duplicates_skipped,
             "snapshots": st.snapshots,
             "ring buffer [MiB]": f"{st.ring_bytes / 2**20:.1f}",
         }
