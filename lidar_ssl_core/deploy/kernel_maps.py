@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lidar_ssl_core.sparse import KernelMapCache, build_downsample_map, build_submanifold_map
-from lidar_ssl_core.sparse.kernel_map import COORD_MAX, kernel_offsets, key_deltas, pack_keys, unpack_keys
+from lidar_ssl_core.sparse.kernel_map import COORD_MAX, neighbour_ranks, pack_keys, unpack_keys
 
 #: tensor strides of the Res16UNet levels
 LEVELS = (1, 2, 4, 8, 16)
@@ -103,12 +103,10 @@ def _subm(coords: Tensor, form: str) -> tuple[OffsetLists, Tensor]:
     dev = coords.device
     keys = pack_keys(torch.zeros(n, dtype=torch.int64, device=dev), coords)
     sorted_keys, perm = torch.sort(keys)
-    offsets = kernel_offsets(3, dev)
-    offsets = torch.cat([offsets[:SUBM_CENTRE], offsets[SUBM_CENTRE + 1 :]])  # the centre is X @ W_c
-    query = keys[None, :] + key_deltas(offsets)[:, None]  # (26, V)
-    spos = torch.searchsorted(sorted_keys, query).clamp_(max=n - 1)
-    hit = sorted_keys[spos] == query
-    k_idx, out_idx = hit.nonzero(as_tuple=True)  # row-major: grouped by offset, outputs ascending
+    hit, rank = neighbour_ranks(keys, sorted_keys, 3)  # (27, V), the shared search of the portable maps
+    hit[SUBM_CENTRE] = False  # the centre is X @ W_c
+    kernel_idx, out_idx = hit.nonzero(as_tuple=True)  # row-major: grouped by offset, outputs ascending
+    k_idx = kernel_idx - (kernel_idx > SUBM_CENTRE).long()  # list index among the 26 non-centre offsets
     counts = torch.bincount(k_idx, minlength=SUBM_VOLUME - 1)
     row = torch.arange(k_idx.shape[0], device=dev) + k_idx  # one sentinel row after each group
     # the scatter form needs no position table (only its row count is read): a (V, 0) placeholder
@@ -118,7 +116,7 @@ def _subm(coords: Tensor, form: str) -> tuple[OffsetLists, Tensor]:
     if form == "gather":
         pos[out_idx, k_idx] = row.to(torch.int32)  # group 0's sentinel row (a zero product) where no hit
     flat = torch.full((k_idx.shape[0] + SUBM_VOLUME - 1,), n, dtype=torch.int32, device=dev)
-    flat[row] = perm[spos[k_idx, out_idx]].to(torch.int32)
+    flat[row] = perm[rank[kernel_idx, out_idx]].to(torch.int32)
     sizes = tuple(int(c) + 1 for c in counts.tolist())
     if form == "gather":
         return OffsetLists(flat, sizes), pos

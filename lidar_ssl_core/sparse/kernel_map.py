@@ -3,6 +3,8 @@
 Coordinates are packed into one int64 key per voxel (16 bits per spatial axis, 15 for the batch
 index) so that neighbour search is a single ``sort`` + ``searchsorted`` over all kernel offsets at
 once: no Python loop over points, no custom op, and it runs on whatever device the coords live on.
+The last axis is the key's lowest bits, so the ``K`` offsets that differ only along it are ``K``
+consecutive keys: one search per (first, second)-axis column finds them all (:func:`neighbour_ranks`).
 
 Offset ordering matches spconv 2.x / ``torch.nn.functional.conv3d`` (cross-correlation): kernel
 index ``k = (i * K + j) * K + l`` for weight slice ``weight[:, i, j, l, :]``, and that slice reads the
@@ -12,7 +14,9 @@ input voxel at ``out + (i, j, l) - K // 2`` (submanifold) or ``stride * out + (i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -120,6 +124,47 @@ def kernel_offsets(kernel_size: int, device: torch.device | None = None, centred
     return torch.stack([g.reshape(-1) for g in grid], dim=1)
 
 
+def neighbour_ranks(keys: Tensor, sorted_keys: Tensor, kernel_size: int) -> tuple[Tensor, Tensor]:
+    """For each voxel key (N,) and each of the ``kernel_size**3`` centred offsets in weight order:
+    whether that neighbour exists (``hit`` (K, N) bool) and its rank in ``sorted_keys`` (``rank`` (K, N)
+    int64, meaningful where ``hit``).
+
+    Offsets differing only along the last axis are consecutive keys, and existing keys in such a run
+    occupy consecutive ranks, so one ``searchsorted`` per column (``kernel_size**2`` instead of
+    ``kernel_size**3``) finds the first of them and each next one is a compare at the previous rank (+1
+    where it was found). The same ranks as searching every offset; keys must be unique and every
+    neighbour packable (checked by the callers). On the CPU it runs in numpy (its searchsorted and
+    fancy indexing are ~1.5-2x torch's on these int64 arrays), elsewhere in torch on the keys' device.
+    """
+    n = sorted_keys.shape[0]
+    columns = kernel_offsets(kernel_size, keys.device)[::kernel_size]  # (k*k, 3), last axis at -k//2
+    query_t = keys[None, :] + key_deltas(columns)[:, None]  # (k*k, N)
+    end = torch.full((1,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=keys.device)
+    padded_t = torch.cat([sorted_keys, end])  # rank n (past every key) reads a key no query equals
+    shape = (columns.shape[0], kernel_size, n)
+    query: Any
+    padded: Any
+    if keys.device.type == "cpu":
+        query, padded = query_t.numpy(), padded_t.numpy()
+        rank: Any = np.searchsorted(padded[:n], query)
+        hits: Any = np.empty(shape, dtype=np.bool_)
+        ranks: Any = np.empty(shape, dtype=np.int64)
+    else:
+        query, padded = query_t, padded_t
+        rank = torch.searchsorted(sorted_keys, query)
+        hits = torch.empty(shape, dtype=torch.bool, device=keys.device)
+        ranks = torch.empty(shape, dtype=torch.int64, device=keys.device)
+    for i in range(kernel_size):  # along the last axis, all columns at once
+        ranks[:, i] = rank
+        hits[:, i] = padded[rank] == query
+        if i + 1 < kernel_size:
+            rank = rank + hits[:, i]
+            query = query + 1
+    if isinstance(hits, np.ndarray):
+        return torch.from_numpy(hits.reshape(-1, n)), torch.from_numpy(ranks.reshape(-1, n))
+    return hits.reshape(-1, n), ranks.reshape(-1, n)
+
+
 def _group_by_kernel(
     in_idx: Tensor, out_idx: Tensor, kernel_idx: Tensor, volume: int, num_in: int, num_out: int
 ) -> KernelMap:
@@ -149,12 +194,9 @@ def build_submanifold_map(coords: Tensor, kernel_size: int) -> KernelMap:
     if kernel_size == 1:
         idx = torch.arange(n, device=coords.device)
         return KernelMap(idx, idx, torch.zeros_like(idx), (n,), n, n)
-    offsets = kernel_offsets(kernel_size, coords.device)  # (K, 3)
-    query = keys[None, :] + key_deltas(offsets)[:, None]  # (K, N); the margin was checked above
-    pos = torch.searchsorted(sorted_keys, query).clamp_(max=n - 1)
-    hit = sorted_keys[pos] == query
+    hit, rank = neighbour_ranks(keys, sorted_keys, kernel_size)  # (K, N); the margin was checked above
     kernel_idx, out_idx = hit.nonzero(as_tuple=True)  # row-major: already grouped by kernel offset
-    in_idx = perm[pos[kernel_idx, out_idx]]
+    in_idx = perm[rank[kernel_idx, out_idx]]
     counts = hit.sum(dim=1)
     return KernelMap(in_idx, out_idx, kernel_idx, tuple(int(c) for c in counts.tolist()), n, n)
 
