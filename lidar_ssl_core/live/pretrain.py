@@ -2,10 +2,14 @@
 
 It runs the trainer exactly as ``lidar-ssl pretrain`` does (``build_pretraining`` -> ``resume`` -> ``fit``
 -> ``save``), in rounds of ``steps_per_round`` steps, each ending with a checkpoint, so a restart (power
-cut, node restart) loses at most one round. Over a shard folder it trains on the closed shards and, after
-each round, rebuilds the data set when new shards have closed (the run resumes from its checkpoint; the
-model, optimiser and schedule carry on). ``pretrain.epochs`` counts passes over the data as it grows;
-once reached the run is finished and the node idles (raise the epochs in a new config to go on).
+cut, node restart) loses at most one round. Over a shard folder it trains on the closed shards
+(:func:`~lidar_ssl_core.record.shards.closed_shards`: ``<prefix>_<seq>`` and ``<prefix>_<seq>_recovered``;
+a shard still being written lives in a hidden ``.<name>.partial`` staging folder and is never read) and,
+after each round, rebuilds the data set when the list changed (a shard closed, or the recorder's quota
+evicted one); the run resumes from its checkpoint: model, optimiser, schedule and data position (epoch,
+batch in the epoch) carry on, the rest of the current epoch drawn from the grown data set.
+``pretrain.epochs`` counts passes over the data as it grows; once reached the run is finished and the node
+idles (raise the epochs in a new config to go on).
 
 Low priority on the vehicle: :func:`lower_priority` adds niceness and bounds torch's threads.
 """
@@ -22,6 +26,7 @@ from pathlib import Path
 from lidar_ssl_core.bag.discover import expand_bags
 from lidar_ssl_core.cli_common import parse_sets, write_run_config
 from lidar_ssl_core.config import Config, load_config
+from lidar_ssl_core.errors import DatasetError
 from lidar_ssl_core.live.config import PretrainNodeConfig
 from lidar_ssl_core.record.shards import closed_shards
 
@@ -39,6 +44,8 @@ class PretrainProgress:
     loss: float = float("nan")
     samples_per_s: float = 0.0
     bags: int = 0
+    newest_bag: str = ""  # name of the newest bag (shard) in the data set
+    frames_by_bag: dict[str, int] = field(default_factory=dict)  # frames trained per bag, this process
     checkpoint: str = ""
     message: str = ""
     rounds: int = 0
@@ -120,16 +127,26 @@ class ContinualPretraining:
                 if trainer.resume():
                     log.info("resumed %s at step %d", trainer.checkpoint_path, trainer.global_step)
                 write_run_config(folder, cfg)  # atomic: never a half-written config.yaml
+                log.info("training on %d bags, the newest %s", len(bags), bags[-1].name)
                 self._report(
-                    state="training", bags=len(bags), rebuilds=self.progress.rebuilds + 1, message=""
+                    state="training",
+                    bags=len(bags),
+                    newest_bag=bags[-1].name,
+                    rebuilds=self.progress.rebuilds + 1,
+                    message="",
                 )
 
                 def on_step(stats: StepStats) -> None:
+                    frames = dict(self.progress.frames_by_bag)
+                    for source in stats.sources:
+                        bag = source.rsplit("#", 1)[0]
+                        frames[bag] = frames.get(bag, 0) + 1
                     self._report(
                         global_step=stats.global_step,
                         epoch=stats.epoch,
                         loss=stats.loss,
                         samples_per_s=stats.samples_per_s,
+                        frames_by_bag=frames,
                     )
                     if stop.is_set():
                         raise _StopRequestedError
@@ -143,6 +160,10 @@ class ContinualPretraining:
                         finished = result.finished
                     except _StopRequestedError:
                         pass
+                    except DatasetError as err:  # frames of a shard the quota evicted meanwhile
+                        if self.node.bags or self.current_bags() == bags:
+                            raise
+                        log.warning("the shard folder changed under the data set (%s): rebuilding", err)
                     saved = trainer.save()
                     self._report(
                         global_step=trainer.global_step,

@@ -206,6 +206,7 @@ class StepStats:
     superpixels: int
     replaced: int
     terms: dict[str, float] = field(default_factory=dict)
+    sources: tuple[str, ...] = ()  # this process's frames of the batch, "<bag>#<frame>"
 
     def scalars(self) -> dict[str, float]:
         scalars = {
@@ -442,6 +443,7 @@ class Pretrainer:
             superpixels=round(superpixels),
             replaced=round(replaced),
             terms=terms,
+            sources=tuple(batch.get("sources") or ()),
         )
 
     def _log(self, stats: StepStats, batch: Mapping[str, Any]) -> None:

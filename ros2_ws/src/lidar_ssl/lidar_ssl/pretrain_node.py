@@ -53,8 +53,9 @@ class PretrainNode(Node):
 
     def _publish(self) -> None:
         p: PretrainProgress = self.job.progress
-        fields = {k: v for k, v in dataclasses.asdict(p).items() if k != "extra"}
+        fields = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("extra", "frames_by_bag")}
         fields["loss"] = None if math.isnan(p.loss) else p.loss
+        fields["bags_trained"] = len(p.frames_by_bag)  # bags with at least one frame trained on
         self._status.publish(String(data=json.dumps(fields)))
         level = ERROR if p.state == "error" else WARN if p.state == "waiting" else OK
         values = {k: v for k, v in fields.items() if k != "message"}
