@@ -38,11 +38,13 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def engines(checkpoint: Path) -> dict[str, SegmentationEngine]:
     torch_engine = load_engine(checkpoint, "torch")
     ort = load_engine(checkpoint, "onnxruntime", threads=1)
+    cpu = torch.device("cpu")
     gather = SegmentationEngine(
-        torch_engine.spec,
-        OnnxRuntimeBackend(torch_engine.spec, torch.device("cpu"), reduction="gather", threads=1),
+        torch_engine.spec, OnnxRuntimeBackend(torch_engine.spec, cpu, reduction="gather", threads=1)
     )
-    return {"torch": torch_engine, "onnxruntime": ort, "onnxruntime-gather": gather}
+    # two intra-op threads: the per-offset scatters (one thread runs them fused, one per conv)
+    two = SegmentationEngine(torch_engine.spec, OnnxRuntimeBackend(torch_engine.spec, cpu, threads=2))
+    return {"torch": torch_engine, "onnxruntime": ort, "onnxruntime-gather": gather, "onnxruntime-2": two}
 
 
 def _bag_sweep() -> PointCloud:
@@ -81,6 +83,25 @@ def test_parity_on_the_embedded_bag(engines: dict[str, SegmentationEngine]) -> N
         seg.labels,
         engines["onnxruntime"].segment_points(np.column_stack([cloud.xyz, cloud.intensity])).labels,
     )
+
+
+def test_one_thread_session_runs_one_scatter_per_conv(engines: dict[str, SegmentationEngine]) -> None:
+    """On one thread each conv's per-offset ScatterND chain becomes one ScatterND over all its pairs (and
+    only there: ONNX Runtime's multi-threaded ScatterND loses additions into a repeated row)."""
+    import onnx
+
+    from lidar_ssl_core.deploy.onnx_graph import build_onnx, fuse_scatter_chains
+
+    one, two = engines["onnxruntime"].impl, engines["onnxruntime-2"].impl
+    assert isinstance(one, OnnxRuntimeBackend) and isinstance(two, OnnxRuntimeBackend)
+    assert one.fused and not two.fused
+    graph = build_onnx(engines["torch"].spec, "scatter")
+    ops = [n.op_type for n in onnx.load_from_string(graph).graph.node]
+    fused = [n.op_type for n in onnx.load_from_string(fuse_scatter_chains(graph)).graph.node]
+    convs = fused.count("ScatterND")  # 3x3x3 submanifold convs (26 offsets) + downsamplings (8)
+    assert convs > 10 and ops.count("ScatterND") > 8 * convs
+    assert fused.count("Concat") == ops.count("Concat") + 2 * convs  # its indices and its products
+    assert len(fused) == len(ops) - ops.count("ScatterND") + 3 * convs
 
 
 def test_one_engine_serves_two_threads_at_once(engines: dict[str, SegmentationEngine]) -> None:
