@@ -180,6 +180,7 @@ def bench_recorder(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> 
     from lidar_ssl.testing import start_node, stop_node
 
     from lidar_ssl_core.bag import BagReader
+    from lidar_ssl_core.record.cdr import read_header
     from lidar_ssl_core.record.shards import closed_shards
 
     out = tmp / "shards"
@@ -211,16 +212,22 @@ def bench_recorder(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> 
     published = pub.communicate(timeout=120)[0].strip()
     time.sleep(1.0)
     stop_node(recorder, 120)
-    sweeps = 0
+    sweeps = stored_twice = 0
     for shard in closed_shards(out):
         with BagReader(shard) as reader:
             sweeps += reader.message_count("/lidar/points")
+            seen: set[tuple[str, int]] = set()  # (topic, header stamp): every message here has a header
+            for m in reader.raw_messages():
+                key = (m.topic, read_header(m.raw).stamp_ns)
+                stored_twice += key in seen
+                seen.add(key)
     inputs = next((v for k, v in diag.items() if k.endswith("inputs")), {})
     sync = next((v for k, v in diag.items() if k.endswith("synchronization")), {})
     writer = next((v for k, v in diag.items() if k.endswith("writer")), {})
     counts = dict(kv.split("=") for kv in published.split()[1:])
     expected = synchronizable(int(counts["lidar"]), int(counts["camera_frames"]))
     print(f"recorder: {published}; synchronizable sweeps: {expected}; sweeps in shards: {sweeps}")
+    print(f"  messages stored twice within a shard: {stored_twice}")
     print(f"  recorder CPU share: {(cpu1 - cpu0) / (wall1 - wall0):.2f} cores over {wall1 - wall0:.0f} s")
     print(f"  input rates (last diagnostics): {inputs}")
     print(f"  sync (last diagnostics): {sync}")
@@ -234,7 +241,7 @@ def bench_segmenter(args: argparse.Namespace, env: dict[str, str], tmp: Path) ->
     from lidar_ssl_core.config import load_config
     from lidar_ssl_core.downstream.classes import SYNTHETIC
     from lidar_ssl_core.downstream.model import build_segmentation_model, segmentation_state
-    from lidar_ssl_core.models.unet import BackboneConfig
+    from lidar_ssl_core.models.config import BackboneConfig
     from lidar_ssl_core.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
