@@ -190,7 +190,9 @@ class _UNetWriter:
         if self.reduction == "scatter":
             xpad = self.g.pad(x, c_in)
             centre = self.g.op("MatMul", [xpad, wc], "mm")  # V + 1 rows: the last is the dump row
-            y = self._scatter_sum(centre, self._products(xpad, w, lists, ks), f"s{level}", x)
+            # the bias joins the centre product (one Gemm) rather than a pass over the summed output
+            centre = self.g.op("Add", [centre, self.g.const("b", b)], "bias")
+            return self._scatter_sum(centre, self._products(xpad, w, lists, ks), f"s{level}", x)
         else:
             centre = self.g.op("MatMul", [x, wc], "mm")
             cat = self._offset_products(x, c_in, w, lists, ks)
@@ -205,16 +207,14 @@ class _UNetWriter:
         lists = self._lists(f"d{level}", DOWN_VOLUME)
         pos = self._pos(f"d{level}", [f"V{2 * level}", DOWN_VOLUME])
         if self.reduction == "scatter":
-            # zeros of (coarse voxels + 1 dump row, Cout); the position table gives the coarse count
+            # (coarse voxels + 1 dump row, Cout); the position table gives the coarse count
             shape = self.g.op("Shape", [pos], "shape", start=0, end=1)
             one = self.g.const("one", np.array([1], np.int64))
             cols = self.g.const("cols", np.array([w.shape[0]], np.int64))
             dims = self.g.op("Concat", [self.g.op("Add", [shape, one], "plus1"), cols], "dims", axis=0)
-            zero = self.g.op(
-                "ConstantOfShape", [dims], "zeros", value=numpy_helper.from_array(np.zeros(1, np.float32))
-            )
+            start = self.g.op("Expand", [self.g.const("b", b), dims], "bias")  # every row starts at the bias
             parts = self._products(self.g.pad(x, w.shape[2]), w, lists, ks)
-            y = self._scatter_sum(zero, parts, f"d{level}", pos)
+            return self._scatter_sum(start, parts, f"d{level}", pos)
         else:
             cat = self._offset_products(x, w.shape[2], w, lists, ks)
             y = self.g.reduce_rows(self.g.op("Gather", [cat, pos], "gpos", axis=0))
