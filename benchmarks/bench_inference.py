@@ -7,7 +7,10 @@ preset; CUDA: peak allocated) and the package size, for every backend available 
 and full (``res16unet34c``) presets. Weights are random (seeded): speed does not depend on them.
 
 python benchmarks/bench_inference.py [--presets small,res16unet34c] [--backends torch,onnxruntime]
-    [--repeats 5] [--threads 2] [--device cpu] [--json out.json]
+    [--repeats 5] [--threads 2] [--device cpu] [--json out.json] [--no-paired]
+
+With both torch and onnxruntime asked for, a paired run follows: both engines in one process, the scans
+alternating between them, for a speed-up that a shared machine's neighbours do not bias towards one.
 """
 
 from __future__ import annotations
@@ -71,6 +74,27 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def paired_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Every backend of ``--backend`` (comma-separated) loaded in this one process, scans alternating
+    between them: on a shared machine each backend then meets the same neighbours, so the ratio of
+    their p50 totals is steadier than that of two workers run one after the other."""
+    from lidar_ssl_core.deploy.engine import load_engine
+
+    names = args.backend.split(",")
+    engines = {b: load_engine(args.package, b, device=args.device, threads=args.threads) for b in names}
+    out: dict[str, Any] = {}
+    for scan, points in scans().items():
+        totals: dict[str, list[float]] = {b: [] for b in names}
+        for rep in range(args.warmup + args.repeats):
+            for b in names if rep % 2 == 0 else names[::-1]:
+                t0 = time.perf_counter()
+                engines[b].segment_points(points)
+                if rep >= args.warmup:
+                    totals[b].append(1e3 * (time.perf_counter() - t0))
+        out[scan] = {b: float(np.percentile(v, 50)) for b, v in totals.items()}
+    return out
+
+
 def run_worker(package: Path, backend: str, args: argparse.Namespace) -> dict[str, Any] | str:
     cmd = [
         sys.executable,
@@ -89,6 +113,8 @@ def run_worker(package: Path, backend: str, args: argparse.Namespace) -> dict[st
     ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if "," in backend:
+        cmd.append("--paired")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
@@ -112,12 +138,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--no-paired",
+        action="store_true",
+        help="skip the paired run (torch and onnxruntime in one process, scans alternating)",
+    )
+    parser.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--package", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args)))
+        print(json.dumps(paired_worker(args) if args.paired else worker(args)))
         return
 
     from lidar_ssl_core.deploy.demo import random_segmentation_checkpoint
@@ -138,6 +170,8 @@ def main() -> None:
             for backend in backends:
                 results[preset][backend] = run_worker(package, backend, args)
                 print(f"{preset} {backend}: done", file=sys.stderr)
+            if {"torch", "onnxruntime"} <= set(backends) and not args.no_paired:
+                results[preset]["paired"] = run_worker(package, "torch,onnxruntime", args)
     print_tables(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -153,7 +187,7 @@ def print_tables(results: dict[str, Any]) -> None:
         if not isinstance(per, dict) or "package_bytes" not in per:
             continue
         for backend, res in per.items():
-            if backend == "package_bytes":
+            if backend in ("package_bytes", "paired"):
                 continue
             if isinstance(res, str):
                 print(f"| {preset} | {backend} | - | - | failed: {res} |||||||||")
@@ -171,6 +205,16 @@ def print_tables(results: dict[str, Any]) -> None:
                 )
         sizes = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in per["package_bytes"].items())
         print(f"\n{preset} package: {sizes}\n")
+        paired = per.get("paired")
+        if isinstance(paired, str):
+            print(f"{preset} paired run failed: {paired}\n")
+        elif paired:
+            print(f"{preset}, paired run (one process, scans alternating), p50 total ms:\n")
+            print("| scan | torch | onnxruntime | onnxruntime speed-up |\n|---|---|---|---|")
+            for scan, r in paired.items():
+                ratio = r["torch"] / r["onnxruntime"]
+                print(f"| {scan} | {r['torch']:.0f} | {r['onnxruntime']:.0f} | {ratio:.2f}x |")
+            print()
 
 
 if __name__ == "__main__":
