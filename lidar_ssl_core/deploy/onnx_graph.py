@@ -307,7 +307,7 @@ def _is_scatter_add(node: onnx.NodeProto) -> bool:
 def fuse_scatter_chains(data: bytes) -> bytes:
     """The scatter-add graph with every chain of per-offset ``ScatterND`` (one per kernel offset of a conv)
     made one ``ScatterND`` over the concatenated indices and products: one copy of the output instead of
-    one per offset (~10 % of the network's time on a CPU core). For a session on **one** intra-op thread
+    one per offset (5-10 % of the network's time on a CPU core). For a session on **one** intra-op thread
     only: ONNX Runtime's CPU ScatterND splits the rows over its threads and loses additions when two of
     them add into the same output row (onnxruntime 1.32, 2 threads: wrong sums in half the runs), though
     the ONNX spec defines repeated indices under ``reduction="add"``. Weights and inputs are unchanged."""

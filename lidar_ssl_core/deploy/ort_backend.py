@@ -4,7 +4,7 @@ Kernel maps are built by :func:`~lidar_ssl_core.deploy.kernel_maps.graph_tables`
 graph) and fed as inputs. It runs the scatter-add form of the graph (``network.onnx``: only existing
 neighbour pairs are moved); the gather-sum form that TensorRT compiles runs here too (``reduction``).
 A session on one thread (``threads=1``) runs the scatter-add graph with each conv's per-offset scatters
-fused into one (:func:`~lidar_ssl_core.deploy.onnx_graph.fuse_scatter_chains`, same results, ~10 %
+fused into one (:func:`~lidar_ssl_core.deploy.onnx_graph.fuse_scatter_chains`, same results, 5-10 %
 faster); with more threads the per-offset form, whose scatters never add into one row twice, is kept.
 The CPU execution provider is used on CPU; on a CUDA device the CUDA provider is asked for (with CPU
 fallback for anything it does not place), and the session is refused with a typed error when the
