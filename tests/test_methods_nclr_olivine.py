@@ -188,3 +188,21 @@ def test_olivine_sem_map_is_upsampled_like_the_teachers_pp_map(arch: str, tmp_pa
         sem = method.semantic_map(out.backbone_features, images.shape[-2:], StepContext())
     assert sem.shape == out.pixel_features.shape == (1, 8, 50, 100)
     assert float((sem - out.pixel_features).abs().max()) < 1e-5
+
+
+def test_nclr_pose_loss_joins_at_pose_start_and_is_logged_before(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """pose_start 0.5 of 2 epochs: epoch 0 trains L_f and L_o only (the pose still solved and logged),
+    epoch 1 adds 0.2 L_p, as the authors' code adds it for the last epochs."""
+    from lidar_ssl_core.train.scalars import read_metrics
+
+    trainer = _build(world, tmp_path, "nclr", epochs=2, nclr={**SMALL_NCLR, "pose_start": 0.5})
+    assert trainer.fit().global_step == 4
+    rows = read_metrics(tmp_path)
+    assert [r["loss/pose_on"] for r in rows] == [0.0, 0.0, 1.0, 1.0]
+    for r in rows:
+        assert r["loss/pose_images"] >= 1 and r["loss/pose"] > 0  # solved and logged in every step
+        without_pose = r["loss/lta_infonce"] + 0.5 * r["loss/overlap"]
+        expected = without_pose + 0.2 * r["loss/pose"] * r["loss/pose_on"]
+        assert r["loss/train"] == pytest.approx(expected, rel=1e-5)

@@ -70,6 +70,15 @@ class NclrOptions(_Section):
     weight_feature: float = Field(1.0, ge=0, description="lambda_f, LTA InfoNCE weight (paper 1.0)")
     weight_overlap: float = Field(0.5, ge=0, description="lambda_o, overlap BCE weight (paper 0.5)")
     weight_pose: float = Field(0.2, ge=0, description="lambda_p, Huber pose loss weight (paper 0.2)")
+    pose_start: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="the pose loss joins from epoch floor(pose_start x pretrain.epochs) on; before, it is "
+        "only logged (paper: not stated; code: epoch 45 of 50 = 0.9; 0 = from the first step). From the "
+        "first step its noisy gradients (EPnP on untrained matches) stall the InfoNCE at chance: "
+        "docs/pretraining.md",
+    )
     num_pairs: int = Field(
         1024, ge=2, description="InfoNCE pairs P_S per sample of the batch (not stated; code 1024 x B)"
     )

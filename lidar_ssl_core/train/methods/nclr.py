@@ -24,7 +24,10 @@ Per step:
 Deviation (architecture, stated): the fusion runs after the two decoders (the backbone is the project's
 U-Net, shared by every method), so L_f trains the backbone's own features directly and the fused features
 serve overlap and matching. The authors' code differs from the paper (no W_f, pose loss from epoch 45,
-weights 1/1/1/1); the paper is followed.
+weights 1/1/1/1); the paper is followed, except for when the pose loss joins, which the paper does not
+state: from ``nclr.pose_start`` (default 0.9 of the epochs, the code's 45 of 50), because from the first
+step the pose gradients of untrained matches stall the InfoNCE at chance (measured, docs/pretraining.md).
+Before that the pose is still solved, without gradient, so its error is logged throughout.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lidar_ssl_core.errors import ConfigError, LossInputError
-from lidar_ssl_core.losses.epnp import camera_from_correspondences, epnp, normalise_pixels
+from lidar_ssl_core.losses.epnp import Camera, camera_from_correspondences, epnp, normalise_pixels
 from lidar_ssl_core.losses.nclr import lta_infonce, overlap_loss, pose_loss, soft_match, symmetric
 from lidar_ssl_core.models.image_fpn import FPN_STRIDE, ResNetFPN
 from lidar_ssl_core.models.nclr_fusion import Fusion, overlap_head
@@ -217,8 +220,9 @@ class NCLR(PretrainMethod):
         point_logits, point_targets, pixel_logits, pixel_targets = [], [], [], []
         pose_losses: list[torch.Tensor] = []
         rot_errors: list[float] = []
+        pose_on = self.pose_loss_on(step.epoch)
         for c in range(images.shape[0]):
-            out = self._image_terms(batch, q_all, fmap, w_f, c, size, step)
+            out = self._image_terms(batch, q_all, fmap, w_f, c, size, step, pose_on)
             point_logits.append(out["point_logits"])
             point_targets.append(out["point_targets"])
             pixel_logits.append(out["pixel_logits"])
@@ -233,16 +237,23 @@ class NCLR(PretrainMethod):
             torch.cat(pixel_targets),
         )
         loss_p = torch.stack(pose_losses).mean() if pose_losses else loss_o.new_zeros(())
-        loss = opts.weight_feature * loss_f + opts.weight_overlap * loss_o + opts.weight_pose * loss_p
+        loss = opts.weight_feature * loss_f + opts.weight_overlap * loss_o
+        if pose_on:
+            loss = loss + opts.weight_pose * loss_p
         terms = {
             "lta_infonce": loss_f.detach(),
             "overlap": loss_o.detach(),
             "pose": loss_p.detach(),
             "pose_images": torch.tensor(float(len(pose_losses))),
+            "pose_on": torch.tensor(float(pose_on)),
         }
         if rot_errors:
             terms["pose_rotation_error_deg"] = torch.tensor(float(np.mean(rot_errors)))
         return MethodOutput(loss, terms)
+
+    def pose_loss_on(self, epoch: int) -> bool:
+        """Whether the pose loss trains in ``epoch`` (0-based): from floor(pose_start x epochs) on."""
+        return epoch >= math.floor(self.config.nclr.pose_start * self.config.epochs)
 
     def _image_terms(
         self,
@@ -253,6 +264,7 @@ class NCLR(PretrainMethod):
         c: int,
         size: tuple[int, int],
         step: StepContext,
+        pose_on: bool = True,
     ) -> dict[str, Any]:
         opts = self.config.nclr
         device = q_all.device
@@ -302,7 +314,25 @@ class NCLR(PretrainMethod):
             log.debug("image %d: camera fit rms %.2f px, no pose loss", c, camera.rms)
             return out
 
-        # P_o (points) and I_o (tokens) from the predicted overlap, soft matching, EPnP
+        with torch.set_grad_enabled(pose_on and torch.is_grad_enabled()):  # off: solved, logged only
+            return self._pose_terms(out, fused_p, fused_i, p_logit, i_logit, token_rc, w_f, xyz, camera, c)
+
+    def _pose_terms(
+        self,
+        out: dict[str, Any],
+        fused_p: torch.Tensor,
+        fused_i: torch.Tensor,
+        p_logit: torch.Tensor,
+        i_logit: torch.Tensor,
+        token_rc: torch.Tensor,
+        w_f: torch.Tensor,
+        xyz: torch.Tensor,
+        camera: Camera,
+        c: int,
+    ) -> dict[str, Any]:
+        """P_o (points) and I_o (tokens) from the predicted overlap, soft matching, EPnP, pose loss."""
+        opts = self.config.nclr
+        device = fused_p.device
         p_score, i_score = torch.sigmoid(p_logit.detach()), torch.sigmoid(i_logit.detach())
         p_o = _select(p_score, opts.overlap_threshold, opts.pnp_min_points, opts.pnp_points)
         i_o = torch.nonzero(i_score > opts.overlap_threshold).squeeze(1)
