@@ -18,6 +18,7 @@ changing it even for a moment gives files that other threads create in that wind
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import itertools
 import logging
 import os
@@ -191,3 +192,12 @@ def image_keyed_file(folder: Path, camera: str, stamp_ns: int) -> tuple[Path | N
         if candidate.is_file():
             return candidate, base
     return None, base
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -16,10 +16,11 @@ from lidar_ssl_core.cli import app
 from lidar_ssl_core.deploy import trt_backend
 from lidar_ssl_core.deploy.demo import random_segmentation_checkpoint
 from lidar_ssl_core.deploy.engine import load_engine
-from lidar_ssl_core.deploy.package import MANIFEST, export_package, load_package, sha256_of
+from lidar_ssl_core.deploy.package import MANIFEST, export_package, load_package
 from lidar_ssl_core.deploy.spec import spec_from_checkpoint
 from lidar_ssl_core.downstream.classes import SYNTHETIC
 from lidar_ssl_core.errors import EngineCompatibilityError, LidarSslError, ModelPackageError
+from lidar_ssl_core.fileio import sha256_of
 from lidar_ssl_core.msg import cloud_to_pointcloud, read_cloud
 from lidar_ssl_core.resources import default_bag
 

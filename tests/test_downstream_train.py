@@ -292,6 +292,32 @@ def test_an_interrupted_finetune_resumes_after_its_last_epoch(
         other.resume()
 
 
+def test_a_run_dir_holding_another_backbone_or_initialisation_is_never_resumed(
+    tmp_path: Path, data: DataConfig, sweeps: list[SweepRef]
+) -> None:
+    """A random-init baseline must not pick up a pretrained probe left in the same run_dir (it would
+    report the pretrained model as the baseline), nor another architecture (a clear error, no
+    state_dict traceback)."""
+    ckpt = _pretrained_checkpoint(tmp_path / "pre", data)
+    run = tmp_path / "probe"
+    pretrained = SegmentationTrainer(_downstream(run, pretrained=ckpt), data, SYNTHETIC, "probe", sweeps[:2])
+    pretrained.fit()
+    baseline = SegmentationTrainer(_downstream(run), data, SYNTHETIC, "probe", sweeps[:2])
+    with pytest.raises(LidarSslError, match="pretrained: .*pre.* there, random initialisation here"):
+        baseline.resume()
+    small = SegmentationTrainer(
+        _downstream(run, pretrained=None, backbone=TINY.model_copy(update={"preset": "small"})),
+        data,
+        SYNTHETIC,
+        "probe",
+        sweeps[:2],
+    )
+    with pytest.raises(LidarSslError, match="belongs to another run .*backbone"):
+        small.resume()
+    again = SegmentationTrainer(_downstream(run, pretrained=ckpt), data, SYNTHETIC, "probe", sweeps[:2])
+    assert again.resume()  # the same run resumes
+
+
 def test_evaluation_skips_an_unreadable_sweep_instead_of_counting_another_twice(
     tmp_path: Path, data: DataConfig, sweeps: list[SweepRef]
 ) -> None:

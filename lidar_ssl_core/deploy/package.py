@@ -22,7 +22,6 @@ package of a newer format, is a :class:`~lidar_ssl_core.errors.ModelPackageError
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from lidar_ssl_core import __version__
 from lidar_ssl_core.deploy.spec import ModelSpec, spec_from_parts
 from lidar_ssl_core.errors import ModelPackageError
+from lidar_ssl_core.fileio import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,6 @@ ONNX = "network.onnx"
 TRT_ONNX = "network.gather.onnx"
 Format = Literal["onnx", "tensorrt"]
 Precision = Literal["fp32", "fp16"]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

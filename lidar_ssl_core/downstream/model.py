@@ -21,6 +21,7 @@ from lidar_ssl_core.config import Config, VoxelConfig
 from lidar_ssl_core.downstream.classes import ClassMap, class_map_from_dict
 from lidar_ssl_core.downstream.data import network_input
 from lidar_ssl_core.errors import ConfigError
+from lidar_ssl_core.fileio import sha256_of
 from lidar_ssl_core.models.config import BackboneConfig, BackendName
 from lidar_ssl_core.models.unet import Res16UNet, build_backbone
 from lidar_ssl_core.train.checkpoint import FORMAT as PRETRAIN_FORMAT
@@ -144,6 +145,7 @@ class LoadedWeights:
     kind: str  # "pretraining" or "segmentation"
     loaded: int  # tensors copied
     skipped_head: int  # head tensors left at their fresh initialisation
+    sha256: str  # of the checkpoint file: part of a downstream run's identity (resume)
 
 
 def load_pretrained_backbone(
@@ -155,9 +157,8 @@ def load_pretrained_backbone(
     A missing tensor or a shape mismatch is a ``ConfigError`` naming the tensors and both architectures.
     A checkpoint pretrained on another voxel grid is refused too (the reference code asserts the same).
     """
-    state = load_checkpoint(
-        _checkpoint_file(path), formats=(PRETRAIN_FORMAT, SEGMENTATION_FORMAT), required=("format",)
-    )
+    file = _checkpoint_file(path)
+    state = load_checkpoint(file, formats=(PRETRAIN_FORMAT, SEGMENTATION_FORMAT), required=("format",))
     kind = "pretraining" if state["format"] == PRETRAIN_FORMAT else "segmentation"
     weights: Mapping[str, torch.Tensor] | None = state.get("backbone" if kind == "pretraining" else "model")
     if not isinstance(weights, Mapping):
@@ -193,7 +194,7 @@ def load_pretrained_backbone(
     model.load_state_dict({**own, **{k: weights[k] for k in body}})
     skipped = len(own) - len(body)
     log.info("loaded %d backbone tensors from %s checkpoint %s", len(body), kind, path)
-    return LoadedWeights(Path(path), kind, len(body), skipped)
+    return LoadedWeights(Path(path), kind, len(body), skipped, sha256_of(file))
 
 
 def segmentation_state(

@@ -314,8 +314,21 @@ class SegmentationTrainer:
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
             config=self.config.model_dump(mode="json"),
+            pretrained_sha256=self.pretrained.sha256 if self.pretrained is not None else "",
         )
         return save_checkpoint(state, path or self.checkpoint_path)
+
+    def _identity(self) -> dict[str, Any]:
+        """What makes a checkpoint in ``run_dir`` this run's: resuming anything else would train (or
+        report) another model under this run's name."""
+        return {
+            "mode": self.mode,
+            "class map": self.class_map.name,
+            "epochs": self.epochs,
+            "backbone": self.network.config.model_dump(mode="json"),
+            "voxels": self.data.voxels.model_dump(mode="json"),
+            "pretrained": self.pretrained.sha256 if self.pretrained is not None else "",
+        }
 
     def resume(self) -> bool:
         """Continue an interrupted run from ``run_dir/model_last.pt`` (written at every epoch end).
@@ -328,12 +341,28 @@ class SegmentationTrainer:
         state = load_checkpoint(
             self.checkpoint_path, formats=(SEGMENTATION_FORMAT,), required=(*SEGMENTATION_REQUIRED, "epoch")
         )
-        ours = (self.mode, self.class_map.name, self.epochs)
-        theirs = (state.get("mode"), state["class_map"].get("name"), state.get("epochs"))
-        if ours != theirs or "optimizer" not in state:
+        ours = self._identity()
+        theirs = {
+            "mode": state.get("mode"),
+            "class map": state["class_map"].get("name"),
+            "epochs": state.get("epochs"),
+            "backbone": state.get("backbone"),
+            "voxels": state.get("voxels"),
+            "pretrained": state.get("pretrained_sha256"),
+        }
+        differ = [k for k in ours if ours[k] != theirs[k]]
+        if "pretrained" in differ:  # say which backbone each run started from
+            theirs["pretrained"] = _describe_init(
+                state.get("config", {}).get("pretrained"), theirs["pretrained"]
+            )
+            ours["pretrained"] = _describe_init(self.config.pretrained, ours["pretrained"])
+        if differ or "optimizer" not in state:
+            what = (
+                "; ".join(f"{k}: {theirs[k]} there, {ours[k]} here" for k in differ) or "no optimiser state"
+            )
             raise SegmentationTrainingError(
-                f"{self.checkpoint_path} belongs to another run (mode, class map, epochs = {theirs}, "
-                f"this run {ours}); use another run_dir or delete it"
+                f"{self.checkpoint_path} belongs to another run ({what}); use another run_dir "
+                "(--run-dir) or delete it"
             )
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -341,3 +370,10 @@ class SegmentationTrainer:
         self.start_epoch = int(state["epoch"])
         log.info("resumed %s from %s after epoch %d", self.mode, self.checkpoint_path, self.start_epoch)
         return True
+
+
+def _describe_init(path: object, sha256: object) -> str:
+    """How a downstream run's backbone was initialised, for an error message."""
+    if not sha256:
+        return "random initialisation" if sha256 == "" else "an unrecorded initialisation"
+    return f"{path} (sha256 {str(sha256)[:12]})"
