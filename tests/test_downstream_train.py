@@ -303,7 +303,7 @@ def test_a_run_dir_holding_another_backbone_or_initialisation_is_never_resumed(
     pretrained = SegmentationTrainer(_downstream(run, pretrained=ckpt), data, SYNTHETIC, "probe", sweeps[:2])
     pretrained.fit()
     baseline = SegmentationTrainer(_downstream(run), data, SYNTHETIC, "probe", sweeps[:2])
-    with pytest.raises(LidarSslError, match="pretrained: .*pre.* there, random initialisation here"):
+    with pytest.raises(LidarSslError, match=r"pretrained: .*pre.* there, random initialisation here"):
         baseline.resume()
     small = SegmentationTrainer(
         _downstream(run, pretrained=None, backbone=TINY.model_copy(update={"preset": "small"})),
@@ -312,7 +312,7 @@ def test_a_run_dir_holding_another_backbone_or_initialisation_is_never_resumed(
         "probe",
         sweeps[:2],
     )
-    with pytest.raises(LidarSslError, match="belongs to another run .*backbone"):
+    with pytest.raises(LidarSslError, match=r"belongs to another run .*backbone"):
         small.resume()
     again = SegmentationTrainer(_downstream(run, pretrained=ckpt), data, SYNTHETIC, "probe", sweeps[:2])
     assert again.resume()  # the same run resumes
