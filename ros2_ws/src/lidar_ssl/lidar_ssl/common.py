@@ -136,9 +136,12 @@ def run_node(make: Callable[[], Node], args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as err:  # start-up errors (bad parameters, unreadable bag): one line, exit code 1
-        logging.getLogger("lidar_ssl").error("%s", err, exc_info=not isinstance(err, ValueError))
-        print(f"error: {err}", flush=True)
-        code = 1
+        if not rclpy.ok():  # Ctrl-C / SIGTERM while the node was still starting: a stop, not an error
+            logging.getLogger("lidar_ssl").info("stopped while starting (%s)", err)
+        else:
+            logging.getLogger("lidar_ssl").error("%s", err, exc_info=not isinstance(err, ValueError))
+            print(f"error: {err}", flush=True)
+            code = 1
     finally:
         core_log.removeHandler(handler)  # the ROS logger cannot publish once the context is shut down
         core_log.addHandler(fallback)
